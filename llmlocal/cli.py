@@ -1,0 +1,227 @@
+"""The llmlocal command line. Each command validates options, calls one core function, prints.
+
+Errors from the core reach the user here, once: one ``Error: ...`` line on stderr with the next
+step, exit 1 (2 for usage errors), and a traceback only with ``--debug`` / ``LLMLOCAL_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import asdict
+
+import click
+
+from . import __version__
+from .errors import LlmlocalError, UsageError
+
+
+def _debug_enabled() -> bool:
+    return os.environ.get("LLMLOCAL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class _Group(click.Group):
+    """Turns core errors into one clean line, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            _report(exc)
+            ctx.exit(2)
+        except LlmlocalError as exc:
+            _report(exc)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:  # `llmlocal models | head`: the reader left, nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
+        except OSError as exc:  # a disk or permission problem the core did not foresee
+            _report(exc)
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug: still one line, unless --debug
+            _report(exc, internal=True)
+            ctx.exit(1)
+
+
+def _report(exc: BaseException, *, internal: bool = False) -> None:
+    if _debug_enabled():
+        traceback.print_exception(exc)
+    if internal:
+        click.echo(f"Error: internal error: {exc.__class__.__name__}: {exc}", err=True)
+        hint = "run again with --debug for the traceback, and please report it"
+    else:
+        click.echo(f"Error: {exc}", err=True)
+        hint = getattr(exc, "hint", None)
+    if hint:
+        click.echo(f"  hint: {hint}", err=True)
+
+
+def _json_out(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llmlocal")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--offline", is_flag=True, help="Refuse any network access (also LLMLOCAL_OFFLINE=1).")
+def cli(debug: bool, offline: bool) -> None:
+    """Run quantised GGUF language models on your CPU: verified downloads, offline use.
+
+    \b
+    Examples:
+      llmlocal complete "Write a haiku about autumn"
+      llmlocal pull qwen2.5-1.5b
+      llmlocal models
+    """
+    # Environment, not globals: the core reads these at call time, as it does for users who set them.
+    if debug:
+        os.environ["LLMLOCAL_DEBUG"] = "1"
+    if offline:
+        os.environ["LLMLOCAL_OFFLINE"] = "1"
+
+
+def _resolve(ref: str, sha256: str | None = None):
+    from . import catalog
+
+    return catalog.resolve(ref, sha256=sha256)
+
+
+# ---------------------------------------------------------------- catalogue and store
+
+
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_cmd(as_json: bool) -> None:
+    """List the catalogue: size, quantisation, licence, and whether installed.
+
+    \b
+    Examples:
+      llmlocal models
+      llmlocal models --json | jq '.[] | select(.installed)'
+    """
+    from . import catalog, store
+    from .progress import human_bytes
+
+    specs = catalog.load_catalog()
+    installed = {m.name for m in store.installed_models()}
+    rows = [dict(asdict(s), quant=s.quant, installed=s.name in installed) for s in specs.values()]
+    if as_json:
+        _json_out(rows)
+        return
+    table = [("NAME", "SIZE", "QUANT", "PURPOSE", "LICENSE", "INSTALLED")]
+    table += [(r["name"], human_bytes(r["size"] or 0), r["quant"], r["purpose"], r["license"],
+               "yes" if r["installed"] else "") for r in rows]
+    _print_table(table)
+
+
+def _print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@cli.command("pull")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--sha256", help="Pin an hf: reference to this SHA-256.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def pull_cmd(models: tuple[str, ...], sha256: str | None, quiet: bool) -> None:
+    """Download models, verify their SHA-256, and only then make them visible.
+
+    An interrupted pull resumes where it stopped when run again.
+
+    \b
+    Examples:
+      llmlocal pull smollm2-135m
+      llmlocal pull hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf
+    """
+    from . import store
+    from .progress import human_bytes
+
+    if sha256 and len(models) > 1:
+        raise UsageError("--sha256 pins one model; pull one model at a time with it")
+    for ref in models:
+        result = store.pull(_resolve(ref, sha256), progress=not quiet)
+        inst = result.installed
+        if result.already:
+            click.echo(f"{inst.name}: already installed ({human_bytes(inst.size)}, sha256 {inst.sha256[:12]}…)",
+                       err=True)
+        else:
+            how = f"resumed at {human_bytes(result.resumed_from)}, " if result.resumed_from else ""
+            click.echo(f"{inst.name}: installed and verified ({how}{human_bytes(inst.size)} from {inst.source}, "
+                       f"sha256 {inst.sha256[:12]}…)", err=True)
+
+
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls_cmd(as_json: bool) -> None:
+    """List installed models and the disk they use."""
+    from . import store
+    from .progress import human_bytes
+
+    models = store.installed_models()
+    blobs = {m.sha256: m.size for m in models}
+    total = sum(blobs.values())  # two names for the same bytes take the space once
+    if as_json:
+        _json_out({"models": [dict(asdict(m), path=str(m.path)) for m in models], "total_bytes": total})
+        return
+    if not models:
+        click.echo("No models installed. Try: llmlocal pull smollm2-135m", err=True)
+        return
+    rows = [("NAME", "SIZE", "SOURCE", "SHA256", "PULLED")]
+    rows += [(m.name, human_bytes(m.size), m.source, m.sha256[:12], m.pulled_at) for m in models]
+    _print_table(rows)
+    click.echo(f"total: {human_bytes(total)} in {len(blobs)} file(s)")
+
+
+@cli.command("rm")
+@click.argument("models", nargs=-1, required=True)
+def rm_cmd(models: tuple[str, ...]) -> None:
+    """Remove installed models' bytes."""
+    from . import store
+    from .catalog import ModelSpec
+
+    for ref in models:
+        # An installed hf: or imported name may no longer resolve through the catalogue.
+        inst = store.remove(ModelSpec(name=ref, file="", sha256=None))
+        click.echo(f"removed {inst.name}", err=True)
+
+
+@cli.command("verify")
+@click.argument("models", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify_cmd(models: tuple[str, ...], as_json: bool) -> None:
+    """Re-hash installed models offline; exit 1 naming each mismatch."""
+    from . import store
+
+    results = store.verify(list(models) or None, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        _json_out([dict(asdict(r), path=str(r.path)) for r in results])
+    else:
+        for r in results:
+            if r.ok:
+                click.echo(f"ok        {r.name}")
+            elif r.actual is None:
+                click.echo(f"MISSING   {r.name}: {r.path}")
+            else:
+                click.echo(f"MISMATCH  {r.name}: expected {r.expected}, got {r.actual} ({r.path})")
+    bad = [r for r in results if not r.ok]
+    if bad:
+        click.echo(f"Error: {len(bad)} of {len(results)} model(s) failed verification: "
+                   + ", ".join(r.name for r in bad), err=True)
+        click.echo("  hint: `llmlocal rm NAME` then `llmlocal pull NAME` to fetch clean bytes", err=True)
+        sys.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="llmlocal")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

