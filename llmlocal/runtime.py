@@ -1,0 +1,415 @@
+"""Load a model and run it: tokenize, evaluate, sample. The only module that imports llama_cpp.
+
+Built on llama-cpp-python's low-level bindings rather than its ``Llama`` class: ``Llama`` copies
+the full logit row into NumPy for every generated token and samples in Python, which costs about
+10% of generation speed on a 135M model (``../shared/perf-baseline.md``). Here sampling runs in
+llama.cpp's own sampler chain and each token is three C calls. The same context can hold several
+sequences (``n_seq_max``), which batch decoding and classification use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import gguf, hardware
+from .errors import InsufficientMemoryError, ModelLoadError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_init_lock = threading.Lock()
+_initialised = False
+_verbose = False
+_recent_errors: deque[str] = deque(maxlen=8)
+_log_callback = None  # the ctypes callback must outlive every call into llama.cpp
+
+
+def _llama():
+    """Import llama_cpp once, with its log lines routed through our filter."""
+    global _initialised, _log_callback
+    import llama_cpp
+
+    with _init_lock:
+        if not _initialised:
+
+            @llama_cpp.llama_log_callback
+            def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+                message = text.decode("utf-8", "replace")
+                if level == 3:  # GGML_LOG_LEVEL_ERROR: kept to explain a failed load
+                    _recent_errors.append(message.strip())
+                if _verbose:
+                    sys.stderr.write(message)
+
+            _log_callback = _on_log
+            llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _initialised = True
+    return llama_cpp
+
+
+def _amx_enabled(lib) -> bool:
+    """Whether llama.cpp would put weights in its AMX buffer on this CPU.
+
+    Its AMX matmul kernel segfaults on some Sapphire Rapids machines, this build machine among
+    them (ggml-org/llama.cpp#20824, closed unfixed; dspy and ollama users hit it too). Where the
+    CPU and the build both have AMX, we skip llama.cpp's extra weight buffers (AMX and the x86
+    repack) unless LLMLOCAL_ALLOW_AMX=1. llama-bench's ``-nr 1`` is the same switch, which keeps
+    the native comparison like for like.
+    """
+    info = lib.llama_print_system_info().decode("utf-8", "replace")
+    return "AMX_INT8 = 1" in info and os.environ.get("LLMLOCAL_ALLOW_AMX", "") != "1"
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show llama.cpp's own log lines on stderr (hidden by default)."""
+    global _verbose
+    _verbose = verbose
+
+
+def llama_cpp_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("llama-cpp-python")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. temperature 0 means greedy (deterministic)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    seed: int | None = None  # None: a fresh random seed, recorded in the result
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+
+    def resolved(self) -> SamplingParams:
+        """A copy with a concrete seed, so the result says how to reproduce it."""
+        if self.seed is not None:
+            return self
+        from dataclasses import replace
+
+        return replace(self, seed=random.randrange(2**31))
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise UsageError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1 or not 0 <= self.min_p <= 1:
+            raise UsageError("top-p must be in (0, 1] and min-p in [0, 1]")
+        if self.repeat_penalty <= 0:
+            raise UsageError("repeat penalty must be > 0 (1.0 disables it)")
+        if self.max_tokens < 0:
+            raise UsageError("max tokens must be >= 0")
+
+
+@dataclass
+class LoadOptions:
+    n_ctx: int = 4096
+    n_threads: int | None = None  # None: physical cores
+    n_batch: int = 512
+    n_seq_max: int = 1
+    embeddings: bool = False
+    pooling: str = "mean"  # for embeddings: "mean", "cls", "last", "none"
+    check_memory: bool = True
+
+    def threads(self) -> int:
+        return self.n_threads or hardware.physical_cores()
+
+
+_POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
+
+
+@dataclass
+class Timings:
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    prompt_s: float = 0.0
+    gen_tokens: int = 0
+    gen_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def check_fits(info: gguf.GGUFInfo, n_ctx: int) -> gguf.MemoryEstimate:
+    """Refuse, before loading, a model + KV cache that cannot fit in available RAM."""
+    est = gguf.estimate_memory(info, n_ctx)
+    avail = hardware.available_memory()
+    if avail is not None and est.total_bytes > avail:
+        gib = 1024**3
+        raise InsufficientMemoryError(
+            f"{info.path.name} needs about {est.total_bytes / gib:.1f} GiB at context {n_ctx} "
+            f"(weights {est.weights_bytes / gib:.1f} GiB + KV cache {est.kv_cache_bytes / gib:.1f} GiB), "
+            f"but only {avail / gib:.1f} GiB is available",
+            hint="use a smaller --ctx or a smaller model",
+        )
+    return est
+
+
+class Model:
+    """A loaded model with one llama.cpp context. Not thread-safe: one caller at a time."""
+
+    def __init__(self, path: str | os.PathLike[str], options: LoadOptions | None = None) -> None:
+        self.path = Path(path)
+        self.options = options = options or LoadOptions()
+        self.info = gguf.read_gguf(self.path)  # a truncated or foreign file fails here, cleanly
+        if options.check_memory:
+            check_fits(self.info, options.n_ctx)
+        lib = self._lib = _llama()
+        started = time.perf_counter()
+        self._model = self._ctx = self._batch = None
+        _recent_errors.clear()
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.use_extra_bufts = not _amx_enabled(lib)
+        self._model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(
+                f"llama.cpp could not load {self.path.name} ({self.info.architecture}): "
+                + (_recent_errors[-1] if _recent_errors else "unknown error"),
+                hint="the file may be corrupt (`llmlocal verify`) or its architecture unsupported by "
+                f"llama-cpp-python {llama_cpp_version()}",
+            )
+        self.vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = lib.llama_model_n_ctx_train(self._model)
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = options.n_ctx
+        cparams.n_batch = cparams.n_ubatch = options.n_batch
+        cparams.n_seq_max = options.n_seq_max
+        cparams.n_threads = cparams.n_threads_batch = options.threads()
+        cparams.embeddings = options.embeddings
+        cparams.pooling_type = _POOLING[options.pooling] if options.embeddings else -1
+        # One KV pool for all sequences, so a shared prompt prefix can be copied between them.
+        cparams.kv_unified = options.n_seq_max > 1
+        cparams.no_perf = True
+        self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {options.n_ctx} tokens for {self.path.name}: "
+                + (_recent_errors[-1] if _recent_errors else "unknown error"),
+                hint="try a smaller --ctx",
+            )
+        self.n_ctx = lib.llama_n_ctx(self._ctx)
+        self._mem = lib.llama_get_memory(self._ctx)
+        self._batch = lib.llama_batch_init(options.n_batch, 0, max(options.n_seq_max, 1))
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.load_seconds = time.perf_counter() - started
+
+    # -- lifetime
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- vocabulary
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (self._lib.llama_token * cap)()
+        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            buf = (self._lib.llama_token * -n)()
+            n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, parse_special)
+        return buf[:n]
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token (may be part of a UTF-8 character)."""
+        n = self._lib.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self.vocab, token, big, -n, 0, special)
+            return big.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    @property
+    def bos(self) -> int:
+        return self._lib.llama_vocab_bos(self.vocab)
+
+    @property
+    def eos(self) -> int:
+        return self._lib.llama_vocab_eos(self.vocab)
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(self._lib.llama_vocab_get_add_bos(self.vocab))
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    # -- chat template
+
+    def chat_template(self) -> str | None:
+        raw = self._lib.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8") if raw else None
+
+    def render_chat(self, messages: list[dict], *, template: str | None = None,
+                    add_generation_prompt: bool = True) -> str:
+        """Apply a Jinja chat template in llama-cpp-python's sandbox (as its server does)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = template or self.chat_template()
+        if not template:
+            raise UsageError(f"{self.path.name} has no chat template")
+        bos = self.token_text(self.bos) if self.bos >= 0 else ""
+        eos = self.token_text(self.eos) if self.eos >= 0 else ""
+        fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos,
+                                  add_generation_prompt=add_generation_prompt)
+        return fmt(messages=messages).prompt
+
+    # -- evaluation
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
+        """Evaluate up to n_batch tokens in one llama_decode call (any mix of sequences)."""
+        b = self._batch
+        n = len(tokens)
+        if n > self.options.n_batch:
+            raise ValueError(f"batch of {n} exceeds n_batch {self.options.n_batch}")
+        for i in range(n):
+            b.token[i] = tokens[i]
+            b.pos[i] = positions[i]
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq_ids[i]
+            b.logits[i] = logits[i]
+        b.n_tokens = n
+        rc = self._lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc}): " + ("KV cache full" if rc == 1 else "see --verbose"))
+
+    def decode_one(self, token: int, pos: int, seq_id: int = 0) -> None:
+        """The per-token hot path of generation: one token, logits on."""
+        b = self._batch
+        b.token[0] = token
+        b.pos[0] = pos
+        b.n_seq_id[0] = 1
+        b.seq_id[0][0] = seq_id
+        b.logits[0] = 1
+        b.n_tokens = 1
+        rc = self._lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+
+    def eval_prompt(self, tokens: list[int], *, start: int = 0, seq_id: int = 0, logits_last: bool = True) -> None:
+        """Evaluate ``tokens`` at positions ``start...`` for one sequence, in n_batch chunks."""
+        step = self.options.n_batch
+        for i in range(0, len(tokens), step):
+            chunk = tokens[i : i + step]
+            last = i + len(chunk) == len(tokens)
+            self.decode(chunk, list(range(start + i, start + i + len(chunk))), [seq_id] * len(chunk),
+                        [False] * (len(chunk) - 1) + [logits_last and last])
+
+    def logits(self, idx: int = -1) -> np.ndarray:
+        """The logit row of output ``idx`` of the last decode (a copy, as float32)."""
+        import numpy as np
+
+        ptr = self._lib.llama_get_logits_ith(self._ctx, idx)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def embedding(self, seq_id: int = 0) -> list[float]:
+        """The pooled embedding of a sequence after decode (embeddings contexts only)."""
+        n = self._lib.llama_model_n_embd(self._model)
+        ptr = self._lib.llama_get_embeddings_seq(self._ctx, seq_id)
+        if not ptr:
+            ptr = self._lib.llama_get_embeddings_ith(self._ctx, -1)
+        return ptr[:n]
+
+    # -- KV cache
+
+    def kv_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None:
+        """Forget positions [start, end) of a sequence (-1: to the end; seq -1: every sequence)."""
+        self._lib.llama_memory_seq_rm(self._mem, seq_id, start, end)
+
+    def kv_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
+        """Share positions [start, end) of ``src`` with ``dst`` (no recomputation)."""
+        self._lib.llama_memory_seq_cp(self._mem, src, dst, start, end)
+
+    def kv_clear(self) -> None:
+        self._lib.llama_memory_clear(self._mem, True)
+
+    # -- sampling
+
+    def sampler(self, params: SamplingParams) -> Sampler:
+        return Sampler(self, params)
+
+
+class Sampler:
+    """A llama.cpp sampler chain (penalties, top-k, top-p, min-p, temperature, seeded draw)."""
+
+    def __init__(self, model: Model, params: SamplingParams) -> None:
+        lib = self._lib = model._lib
+        self._model = model
+        chain_params = lib.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._chain = lib.llama_sampler_chain_init(chain_params)
+        add = lambda s: lib.llama_sampler_chain_add(self._chain, s)  # noqa: E731
+        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
+            add(lib.llama_sampler_init_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0))
+        if params.temperature <= 0:
+            add(lib.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(lib.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(lib.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                add(lib.llama_sampler_init_min_p(params.min_p, 1))
+            add(lib.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else random.randrange(2**31)
+            add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, idx: int = -1) -> int:
+        """Choose (and accept) the next token from output ``idx`` of the last decode."""
+        return self._lib.llama_sampler_sample(self._chain, self._model._ctx, idx)
+
+    def accept(self, token: int) -> None:
+        """Feed a token the sampler did not choose (e.g. prompt history for repeat penalties)."""
+        self._lib.llama_sampler_accept(self._chain, token)
+
+    def close(self) -> None:
+        if self._chain:
+            self._lib.llama_sampler_free(self._chain)
+            self._chain = None
+
+    def __del__(self) -> None:  # pragma: no cover
+        try:
+            self.close()
+        except Exception:
+            pass
