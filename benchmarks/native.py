@@ -25,6 +25,15 @@ from pathlib import Path
 
 TOOLS = ("llama-bench", "llama-batched-bench")
 
+# Why repack defaults to off: with GGML_NATIVE on an AMX CPU (this machine kind), ggml puts
+# Q4_0/Q4_1/Q8_0/Q4_K/... weights in its AMX buffer, and GCC 12 drops the stores that fill the
+# AMX tile config (the `_tile_loadconfig` asm tells it only 8 bytes are read), so `ldtilecfg`
+# faults: the first decode of both the installed wheel and these tools dies with SIGSEGV in
+# ggml_backend_amx_mul_mat (llama.cpp issue #20824, PR #26954). Extra buffers can only be
+# switched off together, so this also turns off CPU_REPACK (the interleaved Q4_0/Q4_K/IQ4_NL
+# kernels); the binding benchmark does the same, which keeps the comparison like for like.
+REPACK_NOTE = "repack off: AMX kernels crash on this build (GCC 12 tile-config miscompile)"
+
 # Configure flags, chosen to match how the installed wheel was compiled (llama-cpp-python's
 # CMakeLists.txt + llama.cpp defaults), so that native vs binding is like for like.
 CMAKE_FLAGS = (
@@ -126,15 +135,18 @@ def run_llama_bench(
     n_gen: int = 128,
     reps: int = 3,
     flash_attn: str = "auto",
+    repack: bool = False,
 ) -> dict[str, float]:
     """Prompt (pp) and generation (tg) speed in tokens/s from `llama-bench -o json`.
 
-    flash_attn is llama-bench's `-fa` (on/off/auto); its default `auto` enables flash attention
-    on CPU, while llama-cpp-python's `Llama(flash_attn=False)` disables it.
+    Args:
+        flash_attn: llama-bench's `-fa` (on/off/auto). Its default `auto` enables flash
+            attention on CPU, while llama-cpp-python's `Llama(flash_attn=False)` disables it.
+        repack: use ggml's extra weight buffers (AMX, CPU_REPACK); see REPACK_NOTE.
     """
     cmd = [str(native_tools()["llama-bench"]), "-m", str(model), "-t", str(threads),
            "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-fa", flash_attn,
-           "-o", "json"]
+           "--repack", str(int(repack)), "-o", "json"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = {}
     # One record per test: pp has n_gen == 0, tg has n_prompt == 0.
@@ -151,18 +163,21 @@ def run_batched_bench(
     npp: int = 128,
     ntg: int = 128,
     npl: Sequence[int] = (1, 2, 4, 8, 16),
+    flash_attn: str = "auto",
+    repack: bool = False,
 ) -> list[dict[str, float]]:
     """Aggregate throughput of `npl` parallel sequences from `llama-batched-bench`.
 
-    Returns one record per parallel count: parallel, gen_tok_s, prompt_tok_s, total_tok_s,
-    gen_s, prompt_s.
+    flash_attn and repack as for run_llama_bench. Returns one record per parallel count:
+    parallel, gen_tok_s, prompt_tok_s, total_tok_s, gen_s, prompt_s.
     """
     # batched-bench *silently skips* any npl whose npl*(npp+ntg) exceeds the context, and the
     # default context is the model's training length, so size it for the largest npl.
     n_ctx = max(npl) * (npp + ntg)
     cmd = [str(native_tools()["llama-batched-bench"]), "-m", str(model), "-t", str(threads),
            "-c", str(n_ctx), "-npp", str(npp), "-ntg", str(ntg),
-           "-npl", ",".join(map(str, npl)), "--output-format", "jsonl"]
+           "-npl", ",".join(map(str, npl)), "-fa", flash_attn,
+           "--repack" if repack else "--no-repack", "--output-format", "jsonl"]
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows: list[dict[str, float]] = []
     # JSONL records share the stream with log lines, so keep only lines that are JSON objects.
@@ -183,16 +198,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M Q4_1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-batched", action="store_true", help="skip llama-batched-bench")
+    parser.add_argument("--flash-attn", default="auto", choices=["on", "off", "auto"])
+    parser.add_argument("--repack", action="store_true",
+                        help="enable AMX/CPU_REPACK weight buffers (crashes where AMX is miscompiled)")
     args = parser.parse_args(argv)
     model = args.model or smollm2_path()
 
     native_tools()
-    print(f"model: {model.name}, threads: {args.threads}, "
+    print(f"model: {model.name}, threads: {args.threads}, flash-attn: {args.flash_attn}, "
+          f"repack: {'on' if args.repack else 'off'}, "
           f"llama-cpp-python {metadata.version('llama-cpp-python')}")
-    speeds = run_llama_bench(model, threads=args.threads)
+    opts = {"threads": args.threads, "flash_attn": args.flash_attn, "repack": args.repack}
+    speeds = run_llama_bench(model, **opts)
     print(f"llama-bench  pp512 {speeds['pp']:8.1f} tok/s   tg128 {speeds['tg']:7.1f} tok/s")
     if not args.no_batched:
-        rows = run_batched_bench(model, threads=args.threads)
+        rows = run_batched_bench(model, **opts)
         base = rows[0]["gen_tok_s"]
         print("llama-batched-bench (npp 128, ntg 128)")
         print("  parallel  gen tok/s  vs 1   prompt tok/s")

@@ -219,6 +219,111 @@ def verify_cmd(models: tuple[str, ...], as_json: bool) -> None:
         sys.exit(1)
 
 
+# ---------------------------------------------------------------- running models
+
+
+def model_options(f):
+    """-m/--ctx/--threads/--verbose, shared by every command that loads a model."""
+    f = click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines.")(f)
+    f = click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores).")(f)
+    f = click.option("--ctx", type=int, help="Context size in tokens (default: the catalogue's, capped to RAM).")(f)
+    f = click.option("--sha256", help="Pin an hf: reference to this SHA-256.")(f)
+    f = click.option("--model", "-m", help="Model: catalogue name, .gguf path or hf: reference "
+                     "(default: $LLMLOCAL_MODEL, else smollm2-135m).")(f)
+    return f
+
+
+def sampling_options(f):
+    """The sampling knobs, shared by complete and chat (None: the runtime's default)."""
+    opts = [
+        click.option("--stop", multiple=True, help="Stop when this text appears (repeatable)."),
+        click.option("--max-tokens", "-n", type=int, help="Most tokens to generate [default: 512]."),
+        click.option("--seed", type=int, help="Random seed (recorded in --json output)."),
+        click.option("--repeat-penalty", type=float, help="Penalty for repeated tokens; 1.0 disables [1.1]."),
+        click.option("--min-p", type=float, help="Min-p sampling [0.05]."),
+        click.option("--top-k", type=int, help="Top-k sampling; 0 disables [40]."),
+        click.option("--top-p", type=float, help="Nucleus sampling [0.95]."),
+        click.option("--temperature", "--temp", type=float, help="0 is greedy and deterministic [0.8]."),
+    ]
+    for opt in opts:
+        f = opt(f)
+    return f
+
+
+def _sampling(kw: dict):
+    from .runtime import SamplingParams
+
+    fields = {"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens"}
+    chosen = {k: kw.pop(k) for k in list(kw) if k in fields and kw[k] is not None}
+    for k in fields:
+        kw.pop(k, None)
+    stop = kw.pop("stop", ())
+    return SamplingParams(**chosen, stop=tuple(stop)).resolved()
+
+
+def _load(kw: dict, **extra):
+    from . import loader
+
+    return loader.load(kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
+                       threads=kw.pop("threads"), verbose=kw.pop("verbose"), **extra)
+
+
+def _read_prompt(prompt: str | None) -> str:
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    if prompt is None:
+        raise UsageError("give a prompt, or pipe one on stdin (`echo hi | llmlocal complete`)")
+    return prompt
+
+
+@cli.command("complete")
+@click.argument("prompt", required=False)
+@model_options
+@sampling_options
+@click.option("--system", "-s", help="System prompt (chat template only).")
+@click.option("--raw", is_flag=True, help="Send the text as-is, with no chat template (base models).")
+@click.option("--truncate", is_flag=True, help="Drop the start of a prompt too long for the context.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, usage, timings, params.")
+def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bool, as_json: bool, **kw) -> None:
+    """Complete one prompt, streaming tokens to stdout.
+
+    \b
+    Examples:
+      llmlocal complete "Write a haiku about autumn"
+      cat notes.txt | llmlocal complete -s "Summarise this" --temperature 0
+      llmlocal complete -m gemma3-270m-base --raw "The capital of France is"
+    """
+    from . import generate
+
+    text = _read_prompt(prompt)
+    params = _sampling(kw)
+    loaded = _load(kw)
+    try:
+        tokens, dropped = generate.fit_prompt(loaded.model, text, raw=raw, system=system, template=None,
+                                              max_tokens=params.max_tokens, truncate=truncate)
+        if dropped:
+            click.echo(f"note: prompt truncated: dropped the first {dropped} tokens to fit the "
+                       f"{loaded.model.n_ctx}-token context", err=True)
+        gen = generate.Generator(loaded.model)
+        on_text = None if as_json else (lambda piece: click.echo(piece, nl=False))
+        result = gen.complete(tokens, params, on_text=on_text)
+        result.truncated_tokens = dropped
+    finally:
+        loaded.close()
+    if as_json:
+        _json_out({
+            "model": loaded.name, "sha256": loaded.sha256, "text": result.text,
+            "finish_reason": result.finish_reason, "usage": result.usage(),
+            "timings": {"load_seconds": round(loaded.model.load_seconds, 4), **result.timings()},
+            "params": {**result.params, "raw": raw, "system": system, "n_ctx": loaded.model.n_ctx,
+                       "threads": loaded.model.options.threads(), "truncated_tokens": dropped},
+        })
+    else:
+        click.echo()
+        if result.finish_reason == "context":
+            click.echo("note: generation stopped because the context window is full (raise --ctx)", err=True)
+
+
 def main() -> None:
     cli(prog_name="llmlocal")
 

@@ -1,0 +1,90 @@
+"""From a model reference to a loaded model: catalogue -> verified file in the store -> runtime.
+
+Also decides the context size: the catalogue's default, never more than the model was trained
+for, and shrunk to what fits in RAM (with a note) rather than silently taking a 128k window.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import catalog, gguf, hardware, paths, runtime, store
+from .catalog import ModelSpec
+from .errors import UsageError
+
+DEFAULT_MODEL = "smollm2-135m"
+_MIN_CTX = 512
+
+
+def default_model() -> str:
+    """``$LLMLOCAL_MODEL``, else ``default_model`` in the home's config.toml, else smollm2-135m."""
+    env = os.environ.get("LLMLOCAL_MODEL", "").strip()
+    if env:
+        return env
+    try:
+        from .catalog import tomllib
+
+        configured = tomllib.loads(paths.config_path().read_text(encoding="utf-8")).get("default_model")
+        if isinstance(configured, str) and configured:
+            return configured
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_MODEL
+
+
+@dataclass
+class Loaded:
+    """A loaded model and where its bytes came from (for provenance in results)."""
+
+    spec: ModelSpec
+    path: Path
+    sha256: str | None
+    model: runtime.Model
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None) -> int:
+    """The context to load with: ``requested``, or the default capped by training length and RAM."""
+    trained = info.context_length or 4096
+    if requested is not None:
+        if requested < 16:
+            raise UsageError(f"--ctx {requested} is too small")
+        return requested  # runtime.check_fits refuses it if it cannot fit
+    ctx = min(spec.context if spec.source else 4096, trained)
+    avail = hardware.available_memory()
+    if avail is None:
+        return ctx
+    wanted = ctx
+    while ctx > _MIN_CTX and gguf.estimate_memory(info, ctx).total_bytes > avail:
+        ctx //= 2
+    if ctx != wanted:
+        print(f"note: context reduced from {wanted} to {ctx} tokens to fit in available RAM "
+              f"(set --ctx to choose)", file=sys.stderr)
+    return ctx
+
+
+def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None = None,
+         threads: int | None = None, n_seq_max: int = 1, n_batch: int = 512,
+         embeddings: bool = False, verbose: bool = False) -> Loaded:
+    """Resolve ``ref`` (default: :func:`default_model`), find its verified bytes, load it."""
+    spec = catalog.resolve(ref or default_model(), sha256=sha256)
+    path = store.model_file(spec)
+    info = gguf.read_gguf(path)
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
+    runtime.set_verbose(verbose)
+    n_ctx = choose_context(spec, info, ctx)
+    options = runtime.LoadOptions(n_ctx=n_ctx, n_threads=threads, n_seq_max=n_seq_max,
+                                  n_batch=min(n_batch, n_ctx), embeddings=embeddings)
+    model = runtime.Model(path, options)
+    installed = store.find_installed(spec) if not spec.is_reference or spec.repo else None
+    return Loaded(spec=spec, path=path, sha256=installed.sha256 if installed else spec.sha256, model=model)
