@@ -219,6 +219,71 @@ def verify_cmd(models: tuple[str, ...], as_json: bool) -> None:
         sys.exit(1)
 
 
+@cli.command("info")
+@click.argument("model")
+@click.option("--ctx", type=int, help="Context size for the RAM estimate (default: the catalogue's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_cmd(model: str, ctx: int | None, as_json: bool) -> None:
+    """Read a model's GGUF header without loading its weights.
+
+    \b
+    Examples:
+      llmlocal info smollm2-135m
+      llmlocal info ./my-model.Q4_K_M.gguf --json
+    """
+    from . import gguf, loader, store
+    from .progress import human_bytes
+
+    spec = _resolve(model)
+    path = store.model_file(spec)
+    info = gguf.read_gguf(path)
+    n_ctx = ctx or min(spec.context if spec.source else 4096, info.context_length or 4096)
+    est = gguf.estimate_memory(info, n_ctx)
+    data = {
+        "name": spec.name, "path": str(path), "architecture": info.architecture,
+        "parameters": info.parameter_count, "quantisation": info.quantisation,
+        "context_length": info.context_length, "chat_template": info.has_chat_template,
+        "layers": info.block_count, "embedding_length": info.embedding_length,
+        "heads": info.head_count, "kv_heads": info.head_count_kv, "vocab_size": info.vocab_size,
+        "sliding_window": info.sliding_window, "file_bytes": info.file_size,
+        "memory": {"n_ctx": est.n_ctx, "weights_bytes": est.weights_bytes, "kv_cache_bytes": est.kv_cache_bytes,
+                   "compute_bytes": est.compute_bytes, "total_bytes": est.total_bytes},
+    }
+    if as_json:
+        _json_out(data)
+        return
+    rows = [
+        ("model", spec.name), ("file", str(path)), ("architecture", info.architecture),
+        ("parameters", f"{info.parameter_count / 1e6:.1f}M"), ("quantisation", info.quantisation),
+        ("context length", f"{info.context_length} (trained)"),
+        ("chat template", "embedded" if info.has_chat_template else "none"),
+        ("layers / heads / kv heads", f"{info.block_count} / {info.head_count} / {info.head_count_kv}"),
+        ("RAM estimate", f"{human_bytes(est.total_bytes)} at context {n_ctx} (weights {human_bytes(est.weights_bytes)}"
+                         f" + KV cache {human_bytes(est.kv_cache_bytes)} + compute {human_bytes(est.compute_bytes)})"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k.ljust(width)}  {v}")
+
+
+@cli.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Catalogue name to register it under.")
+@click.option("--template", default=None, help="Chat template family if the file has none (chatml, llama3, ...).")
+@click.option("--force", is_flag=True, help="Replace an existing user-catalogue entry of that name.")
+def import_cmd(path: str, name: str, template: str | None, force: bool) -> None:
+    """Register a local GGUF in your catalogue (hash computed, metadata read) and install it.
+
+    \b
+    Example:
+      llmlocal import ~/Downloads/model.Q4_K_M.gguf --name my-model
+    """
+    from . import store
+
+    spec = store.import_file(path, name, template=template, force=force)
+    click.echo(f"imported {spec.name}: {spec.file}, sha256 {spec.sha256}", err=True)
+
+
 # ---------------------------------------------------------------- running models
 
 

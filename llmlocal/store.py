@@ -43,6 +43,7 @@ from .errors import (
     RemoteNotFoundError,
     StorePermissionError,
     UpstreamChangedError,
+    UsageError,
 )
 from .progress import ByteProgress, SilentProgress
 
@@ -305,7 +306,7 @@ def _finish(spec: ModelSpec, partial: Path, fh: _HashingFile, *, source: str, co
         partial.unlink(missing_ok=True)
         raise ChecksumMismatchError(spec.name, str(partial), spec.sha256, actual, deleted=True)
     os.replace(partial, blob_path(actual))
-    if not spec.sha256:
+    if not spec.sha256 and spec.repo:
         print(f"{spec.name}: sha256 {actual} (not pinned; pass --sha256 {actual} to pin it)", file=sys.stderr)
     inst = _installed_from(spec if spec.sha256 else replace(spec, sha256=actual), actual,
                            source=source, commit=commit)
@@ -445,6 +446,38 @@ def verify(names: list[str] | None = None, *, progress: bool = False) -> list[Ve
             actual = atomic.sha256_file(path, progress=bar.update)
         results.append(VerifyResult(inst.name, actual == inst.sha256, inst.sha256, actual, path))
     return results
+
+
+def import_file(path: str | os.PathLike[str], name: str, *, template: str | None = None,
+                force: bool = False) -> ModelSpec:
+    """Add a local GGUF to the user catalogue and install its bytes (copied, hashed on the way)."""
+    from . import catalog, gguf
+
+    source = Path(path).resolve()
+    info = gguf.read_gguf(source)  # refuse a truncated or foreign file before registering it
+    user = paths.user_catalog_path()
+    existing = {}
+    if user.exists():
+        existing = catalog.parse_catalog(user.read_text(encoding="utf-8"), str(user))
+    if name in existing and not force:
+        raise UsageError(f"'{name}' is already in {user}; pass --force to replace it")
+    if name in catalog.load_catalog() and name not in existing and not force:
+        raise UsageError(f"'{name}' is a bundled catalogue name; choose another or pass --force to override it")
+    _ensure_dirs()
+    probe = ModelSpec(name=name, file=source.name, sha256=None, path=str(source), source=str(user))
+    result = _install_from_files(probe, [source], progress=False)
+    spec = replace(probe, sha256=result.installed.sha256, size=info.file_size,
+                   template=template or ("" if info.has_chat_template else "none"),
+                   context=min(info.context_length or 4096, 8192),
+                   purpose="chat" if info.has_chat_template else "base",
+                   description=f"imported {info.architecture} {info.parameter_count / 1e6:.0f}M {info.quantisation}")
+    _write_manifest(replace(result.installed, source="file"))
+    entries = {**existing, name: spec}
+    text = "# Your llmlocal catalogue: entries here add to or override the bundled ones.\n\n"
+    text += "\n".join(catalog.entry_toml(e) for e in entries.values())
+    catalog.parse_catalog(text, str(user))  # never write a catalogue we could not read back
+    atomic.write_text(user, text)
+    return spec
 
 
 def partial_bytes(spec: ModelSpec) -> int:
