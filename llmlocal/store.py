@@ -103,9 +103,10 @@ def _ensure_dirs() -> None:
             d.mkdir(parents=True, exist_ok=True)
             if not os.access(d, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "not writable", str(d))
-    except PermissionError as exc:
+    except OSError as exc:
+        reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
         raise StorePermissionError(
-            f"cannot write to the llmlocal home {paths.home()}: permission denied ({exc.filename})",
+            f"cannot write to the llmlocal home {paths.home()}: {reason} ({exc.filename})",
             hint="fix its permissions or set LLMLOCAL_HOME to a writable directory",
         ) from None
 
