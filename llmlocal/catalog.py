@@ -125,7 +125,7 @@ def load_catalog() -> dict[str, ModelSpec]:
     user = paths.user_catalog_path()
     try:
         text = user.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no user catalogue (yet)
         return specs
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(str(user), f"cannot read: {exc}") from None
