@@ -344,12 +344,9 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
         return GatedModelError(f"'{spec.name}' is gated on the Hub ({spec.repo})",
                                hint=f"accept its licence at https://huggingface.co/{spec.repo} and set HF_TOKEN")
     if isinstance(exc, hf.RepositoryNotFoundError):
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status == 401:
-            return GatedModelError(f"the Hub refused access to {spec.repo} (401)",
-                                   hint="if the repo is private or gated, set HF_TOKEN and accept its licence")
-        return RemoteNotFoundError(f"repository {spec.repo} not found on the Hub",
-                                   hint="check the repo name in the catalogue entry")
+        # The Hub answers 401 for both a missing and a private repo when no token is sent.
+        return RemoteNotFoundError(f"repository {spec.repo} not found on the Hub (or it is private)",
+                                   hint="check the repo name; for a private repo set HF_TOKEN")
     if isinstance(exc, hf.RevisionNotFoundError):
         return RemoteNotFoundError(f"revision '{spec.revision}' not found in {spec.repo}")
     if isinstance(exc, hf.EntryNotFoundError):

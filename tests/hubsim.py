@@ -185,7 +185,8 @@ class FileEntry:
 
 
 class Request(NamedTuple):
-    """One answered request: ``status`` is what was sent, ``bytes_sent`` counts body bytes only."""
+    """One request as seen by a snapshot: ``status`` is what was answered (0: nothing was),
+    ``bytes_sent`` the body bytes handed to the socket so far."""
 
     method: str
     role: str  # "hub" or "cdn"
@@ -193,6 +194,23 @@ class Request(NamedTuple):
     range: str | None
     status: int
     bytes_sent: int
+
+
+@dataclasses.dataclass
+class _Record:
+    """A request as it happens: logged before its headers go out, counted before each write,
+    so a client that has its answer always finds it in ``FakeHub.requests``."""
+
+    method: str
+    role: str
+    path: str
+    range: str | None
+    entry: FileEntry | None = None
+    status: int = 0
+    bytes_sent: int = 0
+
+    def freeze(self) -> Request:
+        return Request(self.method, self.role, self.path, self.range, self.status, self.bytes_sent)
 
 
 @dataclasses.dataclass
@@ -216,7 +234,7 @@ class FakeHub:
         self._throttle = throttle
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, FileEntry] = {}
-        self._log: list[tuple[Request, FileEntry | None]] = []
+        self._log: list[_Record] = []
         self._errors: list[BaseException] = []
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._request_ids = itertools.count(1)
@@ -336,7 +354,7 @@ class FakeHub:
     def requests(self) -> list[Request]:
         """Every answered request so far, oldest first (a copy)."""
         with self._lock:
-            return [request for request, _ in self._log]
+            return [record.freeze() for record in self._log]
 
     def requests_for(
         self, filename: str, *, repo_id: str | None = None, role: str | None = None
@@ -344,12 +362,12 @@ class FakeHub:
         """The requests that concerned ``filename``, on one side or both."""
         with self._lock:
             return [
-                request
-                for request, entry in self._log
-                if entry is not None
-                and entry.filename == filename
-                and (repo_id is None or entry.repo_id == repo_id)
-                and (role is None or request.role == role)
+                record.freeze()
+                for record in self._log
+                if record.entry is not None
+                and record.entry.filename == filename
+                and (repo_id is None or record.entry.repo_id == repo_id)
+                and (role is None or record.role == role)
             ]
 
     def bytes_sent(self, filename: str, *, repo_id: str | None = None) -> int:
@@ -444,9 +462,9 @@ class FakeHub:
             faults.body_faults_used += 1
             return True
 
-    def _record(self, request: Request, entry: FileEntry | None) -> None:
+    def _record(self, record: _Record) -> None:
         with self._lock:
-            self._log.append((request, entry))
+            self._log.append(record)
 
     def _record_error(self, error: BaseException) -> None:
         with self._lock:
@@ -517,9 +535,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # -- plumbing ----------------------------------------------------------------------------
 
     def _dispatch(self, *, head: bool) -> None:
-        self._status = 0
-        self._sent = 0
         self._entry: FileEntry | None = None
+        self._rec = _Record(self.command, self.server.role, self.path, self.headers.get("Range"))
+        self._logged = False
         hub = self.server.hub
         try:
             if self.server.role == "hub":
@@ -533,21 +551,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             hub._record_error(error)
             self.close_connection = True
         finally:
-            hub._record(
-                Request(
-                    method=self.command,
-                    role=self.server.role,
-                    path=self.path,
-                    range=self.headers.get("Range"),
-                    status=self._status,
-                    bytes_sent=self._sent,
-                ),
-                self._entry,
-            )
+            if not self._logged:  # the client left before any answer
+                hub._record(self._rec)
 
     def _start(self, status: int, headers: list[tuple[str, str]]) -> None:
         faults = self._entry.faults if self._entry is not None else None
-        self._status = status
+        self._rec.status, self._rec.entry, self._logged = status, self._entry, True
+        self.server.hub._record(self._rec)
         self.send_response(status)
         for name, value in headers:
             if faults is None or not faults._omits(name):
@@ -566,6 +576,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers.append(("X-Repo-Commit", commit))
         self._start(status, headers)
         if not head:
+            self._rec.bytes_sent += len(body)
             self.wfile.write(body)
 
     def _send_fault_status(self, status: int, *, head: bool) -> None:
@@ -696,8 +707,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for piece in entry.iter_bytes(start, length, chunk):
             if flip:
                 piece = piece.translate(_FLIP)
+            self._rec.bytes_sent += len(piece)
             self.wfile.write(piece)
-            self._sent += len(piece)
             rate = hub._throttle  # a test may change it mid-body
             if rate is not None and hub._pause(len(piece) / rate):
                 return
