@@ -359,18 +359,64 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
         if status in (401, 403):
             return GatedModelError(f"the Hub refused access to {where} ({status})",
                                    hint=f"set HF_TOKEN and accept the licence at https://huggingface.co/{spec.repo}")
-        return NetworkError(f"the Hub answered {status} for {where} after retries",
+        return NetworkError(f"the Hub answered {status} for {where}",
                             hint="try again later; a partial download is kept and resumes")
-    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (httpx2.ConnectError, ConnectionRefusedError)):
         return NetworkError(f"cannot reach the Hub for '{spec.name}': {exc.__class__.__name__}: {exc}",
                             hint="check your connection (or HF_ENDPOINT); run the same pull again to resume")
+    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        # Reached the Hub, but the transfer broke off (reset, early close, timeout) even after retries.
+        return NetworkError(f"the connection broke off while downloading '{spec.name}': "
+                            f"{exc.__class__.__name__}: {exc}",
+                            hint="run the same pull again to resume from the bytes kept")
     if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
         return NetworkError(f"download of '{spec.name}' ended early; the bytes received are kept",
                             hint="run the same pull again to resume")
     return exc  # not ours to translate
 
 
+def _worth_retrying(exc: BaseException) -> bool:
+    """A Hub answer or transport failure that backoff may cure (not a refusal or a 4xx)."""
+    import httpx2
+
+    if isinstance(exc, httpx2.ConnectError):
+        return False
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status is None or status in (408, 429) or status >= 500
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs():
+    """Hold back huggingface_hub's per-retry warnings ("Error while downloading ... Trying to
+    resume"), which would print beside the progress line; the outcome reaches the user once, as
+    success or as our one-line error. ``--debug`` (LLMLOCAL_DEBUG) lets them through."""
+    import logging
+
+    if os.environ.get("LLMLOCAL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}:
+        yield
+        return
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _import_hub() -> None:
+    """Import huggingface_hub with its telemetry off.
+
+    Since 2.x it fetches ``{huggingface.co}/api/agent-harnesses`` to build a User-Agent, even
+    when HF_ENDPOINT names a mirror; llmlocal promises to contact only the server it downloads
+    from. The flag is read at import time, so it is set before the first import.
+    """
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    import huggingface_hub  # noqa: F401
+
+
 def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
+    _import_hub()
     import httpx2
     from huggingface_hub import errors as hf
     from huggingface_hub import file_download, get_hf_file_metadata, hf_hub_url
@@ -382,7 +428,15 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
     hf_errors = (hf.HfHubHTTPError, hf.EntryNotFoundError, httpx2.TransportError, OSError)
     try:
         url = hf_hub_url(spec.repo, spec.file, revision=spec.revision, endpoint=endpoint)
-        meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
+        with _quiet_hub_logs():
+            try:
+                # Once without retries: a refused connection or unknown host is reported at once,
+                # not after 23 s of backoff. Server errors and broken transfers get the retries.
+                meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
+            except (hf.HfHubHTTPError, httpx2.TransportError) as exc:
+                if not _worth_retrying(exc):
+                    raise
+                meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
     except hf_errors as exc:
         raise _hub_error(spec, exc) from exc
     etag = (meta.etag or "").strip('"').lower()
@@ -400,7 +454,7 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
         _check_space(size - have, paths.blobs_dir(), spec.name)
     if have:
         print(f"resuming {spec.name} from {have:,} bytes", file=sys.stderr)
-    with _disk_errors(spec.name, partial), open(partial, "ab") as raw:
+    with _disk_errors(spec.name, partial), open(partial, "ab") as raw, _quiet_hub_logs():
         fh = _HashingFile(raw, partial)
         try:
             file_download.http_get(meta.location, fh, resume_size=have, expected_size=size,

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# huggingface_hub reads this at import; store.py sets it too, but a test may import the library
+# first (hubsim tests), and then it would try to reach huggingface.co for its agent registry.
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
 from tests.models import smollm2_path
 
 
