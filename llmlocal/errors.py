@@ -132,7 +132,7 @@ class ContextOverflowError(LlmlocalError, ValueError):
         self.needed = needed if needed is not None else prompt_tokens
         super().__init__(
             f"prompt is {prompt_tokens} tokens but the context holds {n_ctx}"
-            + (f" (needs {self.needed} with room to generate)" if self.needed != prompt_tokens else ""),
+            + (f" (needs {self.needed} with room to generate)" if self.needed > prompt_tokens + 1 else ""),
             hint="shorten the prompt, raise --ctx, or pass --truncate to drop the start",
         )
 

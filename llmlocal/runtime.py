@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,6 +121,11 @@ class LoadOptions:
     n_threads: int | None = None  # None: physical cores
     n_batch: int = 512
     n_seq_max: int = 1
+    # None: one KV pool shared by all sequences when n_seq_max > 1 (kv_copy of any range, tokens
+    # in several sequences). False: one stream per sequence, each attending over its own cells
+    # only: cheaper attention with many sequences, results equal to a one-sequence context, but
+    # kv_copy can only copy a whole sequence (the parallel engine's choice).
+    kv_unified: bool | None = None
     embeddings: bool = False
     pooling: str = "mean"  # for embeddings: "mean", "cls", "last", "none"
     check_memory: bool = True
@@ -191,7 +197,7 @@ class Model:
         cparams.embeddings = options.embeddings
         cparams.pooling_type = _POOLING[options.pooling] if options.embeddings else -1
         # One KV pool for all sequences, so a shared prompt prefix can be copied between them.
-        cparams.kv_unified = options.n_seq_max > 1
+        cparams.kv_unified = options.n_seq_max > 1 if options.kv_unified is None else options.kv_unified
         cparams.no_perf = True
         self._ctx = lib.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -202,6 +208,8 @@ class Model:
                 hint="try a smaller --ctx",
             )
         self.n_ctx = lib.llama_n_ctx(self._ctx)
+        self.n_ctx_seq = lib.llama_n_ctx_seq(self._ctx)  # n_ctx, or its share per stream if not unified
+        self.kv_unified = bool(cparams.kv_unified)
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(options.n_batch, 0, max(options.n_seq_max, 1))
         self._piece_buf = ctypes.create_string_buffer(256)
@@ -288,7 +296,10 @@ class Model:
 
         template = template or self.chat_template()
         if not template:
-            raise UsageError(f"{self.path.name} has no chat template")
+            # Fix: the message named only the store's blob file and gave no next step; a model
+            # without a template (a base model) is used with raw text, so say that.
+            raise UsageError(f"{self.info.name or self.path.name} has no chat template (a base model?)",
+                             hint="send the prompt as-is with --raw (raw=True in the Python API)")
         bos = self.token_text(self.bos) if self.bos >= 0 else ""
         eos = self.token_text(self.eos) if self.eos >= 0 else ""
         fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos,
@@ -297,8 +308,13 @@ class Model:
 
     # -- evaluation
 
-    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int], logits: list[bool]) -> None:
-        """Evaluate up to n_batch tokens in one llama_decode call (any mix of sequences)."""
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[int | Sequence[int]],
+               logits: list[bool]) -> None:
+        """Evaluate up to n_batch tokens in one llama_decode call (any mix of sequences).
+
+        A ``seq_ids`` entry may be a sequence of ids: that token then belongs to all of them and
+        is computed once (classification evaluates an item once for all its label branches).
+        """
         b = self._batch
         n = len(tokens)
         if n > self.options.n_batch:
@@ -306,8 +322,16 @@ class Model:
         for i in range(n):
             b.token[i] = tokens[i]
             b.pos[i] = positions[i]
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq_ids[i]
+            ids = seq_ids[i]
+            if isinstance(ids, int):
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = ids
+            else:
+                if len(ids) > max(self.options.n_seq_max, 1):
+                    raise ValueError(f"token in {len(ids)} sequences exceeds n_seq_max {self.options.n_seq_max}")
+                b.n_seq_id[i] = len(ids)
+                for k, sid in enumerate(ids):
+                    b.seq_id[i][k] = sid
             b.logits[i] = logits[i]
         b.n_tokens = n
         rc = self._lib.llama_decode(self._ctx, b)
@@ -363,6 +387,12 @@ class Model:
 
     def kv_clear(self) -> None:
         self._lib.llama_memory_clear(self._mem, True)
+
+    @property
+    def kv_shareable(self) -> bool:
+        """Whether kv_copy can share part of a sequence (attention KV, not a recurrent state)."""
+        lib = self._lib
+        return not (lib.llama_model_is_recurrent(self._model) or lib.llama_model_is_hybrid(self._model))
 
     # -- sampling
 

