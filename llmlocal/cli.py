@@ -389,6 +389,76 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
             click.echo("note: generation stopped because the context window is full (raise --ctx)", err=True)
 
 
+@cli.command("chat")
+@model_options
+@sampling_options
+@click.option("--system", "-s", help="System prompt (also /system in the chat).")
+@click.option("--template", metavar="NAME",
+              help="Chat template family to use instead of the model's: chatml, llama3, gemma, phi3, mistral.")
+def chat_cmd(system: str | None, template: str | None, **kw) -> None:
+    """Chat with a model: streamed replies, line editing and history, /help for commands.
+
+    Replies are at most 1024 tokens unless --max-tokens says otherwise. With stdin not a
+    terminal, each line is one message and each reply is printed on its own line(s).
+
+    \b
+    Examples:
+      llmlocal chat
+      llmlocal chat -m qwen2.5-0.5b -s "Answer in French"
+      printf 'Hi!\\nName a colour.\\n' | llmlocal chat --temperature 0
+    """
+    from . import chat, repl
+
+    if kw.get("max_tokens") is None:
+        kw["max_tokens"] = chat.DEFAULT_MAX_TOKENS
+    params = _sampling(kw)
+    loaded = _load(kw)
+    try:
+        chosen = chat.choose_template(loaded.name, gguf_template=loaded.model.chat_template(),
+                                      family=loaded.spec.template, override=template)
+        session = chat.ChatSession(loaded.model, template=chosen, model_name=loaded.name, system=system,
+                                   params=params, on_note=lambda text: click.echo(text, err=True))
+        repl.run_repl(session)
+    finally:
+        loaded.close()
+
+
+@cli.command("bench")
+@model_options
+@click.option("--prompt-tokens", "-p", default=512, show_default=True, help="Prompt length for pp.")
+@click.option("--gen-tokens", "-g", default=128, show_default=True, help="Tokens generated for tg.")
+@click.option("--reps", "-r", default=3, show_default=True, help="Repetitions (after one warm-up).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, **kw) -> None:
+    """Measure load time, prompt and generation tokens/s and peak RSS (like llama-bench pp512/tg128).
+
+    \b
+    Example:
+      llmlocal bench -m smollm2-135m
+    """
+    from dataclasses import asdict
+
+    from . import bench
+    from .progress import human_bytes
+
+    if reps < 1 or prompt_tokens < 1 or gen_tokens < 1:
+        raise UsageError("--reps, --prompt-tokens and --gen-tokens must be positive")
+    kw["ctx"] = kw["ctx"] or prompt_tokens + gen_tokens + 16
+    loaded = _load(kw, n_batch=prompt_tokens)
+    try:
+        result = bench.run(loaded, n_prompt=prompt_tokens, n_gen=gen_tokens, reps=reps)
+    finally:
+        loaded.close()
+    if as_json:
+        _json_out(asdict(result))
+        return
+    click.echo(f"model      {result.model} ({result.threads} threads)")
+    click.echo(f"load       {result.load_seconds:.2f} s")
+    click.echo(f"pp{prompt_tokens:<8} {result.pp_tps:8.1f} tok/s  (sd {result.pp_sd:.1f})")
+    click.echo(f"tg{gen_tokens:<8} {result.tg_tps:8.1f} tok/s  (sd {result.tg_sd:.1f})")
+    click.echo(f"peak RSS   {human_bytes(result.peak_rss_bytes)}")
+
+
 def main() -> None:
     cli(prog_name="llmlocal")
 
