@@ -389,40 +389,6 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
             click.echo("note: generation stopped because the context window is full (raise --ctx)", err=True)
 
 
-@cli.command("chat")
-@model_options
-@sampling_options
-@click.option("--system", "-s", help="System prompt (also /system in the chat).")
-@click.option("--template", metavar="NAME",
-              help="Chat template family to use instead of the model's: chatml, llama3, gemma, phi3, mistral.")
-def chat_cmd(system: str | None, template: str | None, **kw) -> None:
-    """Chat with a model: streamed replies, line editing and history, /help for commands.
-
-    Replies are at most 1024 tokens unless --max-tokens says otherwise. With stdin not a
-    terminal, each line is one message and each reply is printed on its own line(s).
-
-    \b
-    Examples:
-      llmlocal chat
-      llmlocal chat -m qwen2.5-0.5b -s "Answer in French"
-      printf 'Hi!\\nName a colour.\\n' | llmlocal chat --temperature 0
-    """
-    from . import chat, repl
-
-    if kw.get("max_tokens") is None:
-        kw["max_tokens"] = chat.DEFAULT_MAX_TOKENS
-    params = _sampling(kw)
-    loaded = _load(kw)
-    try:
-        chosen = chat.choose_template(loaded.name, gguf_template=loaded.model.chat_template(),
-                                      family=loaded.spec.template, override=template)
-        session = chat.ChatSession(loaded.model, template=chosen, model_name=loaded.name, system=system,
-                                   params=params, on_note=lambda text: click.echo(text, err=True))
-        repl.run_repl(session)
-    finally:
-        loaded.close()
-
-
 @cli.command("bench")
 @model_options
 @click.option("--prompt-tokens", "-p", default=512, show_default=True, help="Prompt length for pp.")
