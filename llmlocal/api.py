@@ -147,6 +147,30 @@ class LocalModel:
             raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
         return "".join(self._run(tokens, params))
 
+    def batch(self, prompts: list[str | list[dict]], *, parallel: int = 8, raw: bool = False,
+              system: str | None = None, **sampling: Any) -> Iterator[Completion]:
+        """Complete many prompts, decoding up to ``parallel`` of them together.
+
+        Returns an iterator of Completions in prompt order, each as soon as it (and every
+        earlier one) is done: ``for result in model.batch(prompts): ...``.
+
+        A prompt is a string (one user turn, or as-is if ``raw``) or a list of chat messages.
+        Faster than calling :meth:`complete` in a loop (about 1.8x at 8 on two cores); at
+        temperature 0 the texts equal complete()'s but for a rare near-tie that batched
+        arithmetic resolves the other way. Bad arguments and a prompt too long for the context
+        raise before anything runs. Decoding uses a second context on the same weights.
+        """
+        from . import batch as _batch
+
+        model = self._model()
+        self._check_idle()
+        if isinstance(prompts, str):
+            raise UsageError("batch() takes a list of prompts; use complete() for one")
+        if parallel < 1:
+            raise UsageError("parallel must be at least 1")
+        params = sampling_params(sampling)
+        return _batch.complete_all(model, list(prompts), params=params, raw=raw, system=system, parallel=parallel)
+
     def _check_idle(self) -> None:
         # Two generations interleaved on one KV cache would corrupt each other.
         if self._streaming:

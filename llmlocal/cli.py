@@ -389,6 +389,40 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
             click.echo("note: generation stopped because the context window is full (raise --ctx)", err=True)
 
 
+@cli.command("chat")
+@model_options
+@sampling_options
+@click.option("--system", "-s", help="System prompt (also /system in the chat).")
+@click.option("--template", metavar="NAME",
+              help="Chat template family to use instead of the model's: chatml, llama3, gemma, phi3, mistral.")
+def chat_cmd(system: str | None, template: str | None, **kw) -> None:
+    """Chat with a model: streamed replies, line editing and history, /help for commands.
+
+    Replies are at most 1024 tokens unless --max-tokens says otherwise. With stdin not a
+    terminal, each line is one message and each reply is printed on its own line(s).
+
+    \b
+    Examples:
+      llmlocal chat
+      llmlocal chat -m qwen2.5-0.5b -s "Answer in French"
+      printf 'Hi!\\nName a colour.\\n' | llmlocal chat --temperature 0
+    """
+    from . import chat, repl
+
+    if kw.get("max_tokens") is None:
+        kw["max_tokens"] = chat.DEFAULT_MAX_TOKENS
+    params = _sampling(kw)
+    loaded = _load(kw)
+    try:
+        chosen = chat.choose_template(loaded.name, gguf_template=loaded.model.chat_template(),
+                                      family=loaded.spec.template, override=template)
+        session = chat.ChatSession(loaded.model, template=chosen, model_name=loaded.name, system=system,
+                                   params=params, on_note=lambda text: click.echo(text, err=True))
+        repl.run_repl(session)
+    finally:
+        loaded.close()
+
+
 @cli.command("bench")
 @model_options
 @click.option("--prompt-tokens", "-p", default=512, show_default=True, help="Prompt length for pp.")
@@ -423,6 +457,310 @@ def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, **k
     click.echo(f"pp{prompt_tokens:<8} {result.pp_tps:8.1f} tok/s  (sd {result.pp_sd:.1f})")
     click.echo(f"tg{gen_tokens:<8} {result.tg_tps:8.1f} tok/s  (sd {result.tg_sd:.1f})")
     click.echo(f"peak RSS   {human_bytes(result.peak_rss_bytes)}")
+
+
+@cli.command("batch")
+@click.argument("input", metavar="INPUT")
+@click.option("--output", "-o", required=True, metavar="FILE",
+              help="JSONL results, one line per input line; re-run the same command to resume it.")
+@model_options
+@sampling_options
+@click.option("--system", "-s", help="System prompt for every line without its own (chat template only).")
+@click.option("--raw", is_flag=True, help="Send prompts as-is, with no chat template (base models).")
+@click.option("--parallel", "-p", type=int, default=None,
+              help="Sequences decoded together in one context [default: 8]. Each gets --ctx tokens, "
+              "so memory grows with both.")
+@click.option("--ordered/--unordered", default=True, show_default=True,
+              help="Write results in input order, or as each finishes.")
+@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
+              show_default=True, help="Input format (auto: by extension, else JSONL if it starts with '{').")
+@click.option("--force", is_flag=True, help="Add to an OUTPUT made with another model or other options.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
+def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: int | None, ordered: bool,
+              input_format: str, force: bool, quiet: bool, **kw) -> None:
+    """Run every prompt in INPUT (a file, or - for stdin), several at a time, into a JSONL file.
+
+    INPUT is JSON Lines, {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]} with
+    optional max_tokens, temperature, stop, system, raw and seed per line; or plain text, one
+    prompt per line (id = line number). Each output line has id, text, finish_reason, usage and
+    timing, or an error (a bad line never stops the job). OUTPUT.meta.json records the model,
+    its SHA-256 and the default parameters.
+
+    Re-running the same command resumes: ids already in OUTPUT are skipped, after checking the
+    model and parameters match. Ctrl-C stops cleanly; finished lines are kept.
+
+    --ctx is per sequence here: the context holds --parallel x --ctx tokens. By default it is the
+    model's default context, halved until all sequences fit in available RAM.
+
+    \b
+    Examples:
+      llmlocal batch prompts.jsonl -o results.jsonl --temperature 0 -n 128
+      cat questions.txt | llmlocal batch - -o answers.jsonl -s "Answer in one sentence."
+      llmlocal batch prompts.jsonl -o results.jsonl -p 16 --unordered
+    """
+    import signal
+
+    from . import batch
+
+    sampling = {k: kw.pop(k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed",
+                                        "max_tokens")}
+    sampling["stop"] = kw.pop("stop") or None
+    # SIGTERM (kill, systemd, timeout) stops as cleanly as Ctrl-C: finished lines stay, resumable.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        summary = batch.run_job(
+            input, output, model=kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
+            threads=kw.pop("threads"), verbose=kw.pop("verbose"),
+            parallel=batch.DEFAULT_PARALLEL if parallel is None else parallel, sampling=sampling, system=system, raw=raw,
+            ordered=ordered, force=force, progress=not quiet, input_format=input_format)
+    except batch.BatchInterrupted as stop:
+        s = stop.summary
+        click.echo(f"Interrupted: {s.skipped + s.written} of {s.total} lines are saved in {s.output}.", err=True)
+        click.echo("  hint: run the same command again to resume where it stopped", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not quiet and not summary.completed:
+        click.echo(f"nothing to do: all {summary.total} lines are already in {summary.output}", err=True)
+    elif not quiet:
+        earlier = f", {summary.skipped} from an earlier run" if summary.skipped else ""
+        click.echo(f"done: {summary.done} of {summary.total} lines in {summary.output} ({summary.completed} now"
+                   f"{earlier}; {summary.failed} failed); {summary.completion_tokens} tokens generated in "
+                   f"{summary.seconds:.1f} s: {summary.items_per_second:.2f} items/s, "
+                   f"{summary.tokens_per_second:.1f} tok/s at --parallel {summary.parallel}", err=True)
+
+
+# ---------------------------------------------------------------- classification
+
+
+def input_options(f):
+    """How to read CSV/TSV/JSONL/plain-line input: columns, header, format."""
+    opts = [
+        click.option("--input-format", type=click.Choice(["csv", "tsv", "jsonl", "lines"]),
+                     help="Input format [default: by extension; stdin: JSONL if it starts with '{', else lines]."),
+        click.option("--no-header", is_flag=True, help="CSV/TSV without a header row: columns are named 1, 2, ..."),
+        click.option("--id-column", help="Column with the item id [default: id, else the line number]."),
+        click.option("--text-column", help="Column with the text [default: text, else the first column]."),
+    ]
+    for opt in opts:
+        f = opt(f)
+    return f
+
+
+def classify_options(f):
+    """Everything shared by classify and eval."""
+    opts = [
+        click.option("--quiet", "-q", is_flag=True, help="No progress line or summary on stderr."),
+        click.option("--parallel", type=int, default=8, show_default=True,
+                     help="Items scored together in one decode (prompt method)."),
+        click.option("--json", "as_json", is_flag=True, help="Evaluation: print the whole report as JSON."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for choosing examples and for --k-fold / --holdout splits."),
+        click.option("--holdout", type=float, metavar="FRACTION",
+                     help="Evaluation: hold out this fraction of the labelled file, draw examples from the rest."),
+        click.option("--k-fold", type=int, metavar="K",
+                     help="Evaluation: K folds of the labelled file, each classified with examples from the "
+                     "others."),
+        click.option("--json-header", is_flag=True, help="JSONL output: write the manifest as the first line."),
+        click.option("--format", "output_format", type=click.Choice(["csv", "jsonl"]),
+                     help="Output format [default: by -o extension; stdout: jsonl]."),
+        click.option("--output", "-o", metavar="FILE",
+                     help="Write predictions here (atomically), and the manifest to FILE.meta.json."),
+        click.option("--abstain-label", default="unknown", show_default=True, help="Label used when abstaining."),
+        click.option("--abstain-below", type=float, metavar="P",
+                     help="Answer the abstain label when the top probability is below P."),
+        click.option("--calibrate", is_flag=True,
+                     help="Contextual calibration: divide by the probabilities the prompt gives to 'N/A'."),
+        click.option("--max-examples", type=int, metavar="N",
+                     help="Use at most N examples, balanced across labels (chosen with --seed)."),
+        click.option("--show-prompt", is_flag=True, help="Print the exact prompt (for the first item) and exit."),
+        click.option("--chat", "mode", flag_value="chat", default=None,
+                     help="Put the prompt in the model's chat template (the label starts the reply)."),
+        click.option("--raw", "mode", flag_value="raw", help="Use the prompt as plain text (the default)."),
+        click.option("--template", "template_path", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Prompt template file (placeholders below)."),
+        click.option("--instructions", help="The prompt's first line; {labels} becomes the label list "
+                     "[Classify each text as one of: {labels}.]"),
+        click.option("--method", type=click.Choice(["prompt", "embed"]), default="prompt", show_default=True,
+                     help="prompt: few-shot prompt, labels scored by log-probability; embed: embeddings + "
+                     "logistic regression."),
+        click.option("--label-column",
+                     help="Column with the label in --examples and evaluation files [default: label]."),
+        click.option("--examples", "-e", "examples_path", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Labelled examples (CSV/TSV/JSONL with text and label columns)."),
+        click.option("--labels", "-l",
+                     help='Comma-separated labels, e.g. "spam,not spam" [default: the examples\' labels].'),
+    ]
+    for opt in opts:
+        f = opt(f)
+    return input_options(f)
+
+
+def _classify(input_path: str | None, *, evaluate: str | None, kw: dict) -> None:
+    import time
+
+    from . import classify, runtime
+
+    settings = classify.Settings(
+        method=kw.pop("method"), instructions=kw.pop("instructions"),
+        chat=None if kw["mode"] is None else kw["mode"] == "chat", calibrate=kw.pop("calibrate"),
+        max_examples=kw.pop("max_examples"), seed=kw.pop("seed"), abstain_below=kw.pop("abstain_below"),
+        abstain_label=kw.pop("abstain_label"), parallel=kw.pop("parallel"))
+    kw.pop("mode")
+    if settings.method == "embed" and (settings.chat is not None or kw["show_prompt"]):
+        raise UsageError("--chat, --raw and --show-prompt apply to the prompt method, not --method embed")
+    labels_spec = kw.pop("labels")
+    labels = classify.parse_labels(labels_spec) if labels_spec is not None else None
+    output, quiet, as_json = kw.pop("output"), kw.pop("quiet"), kw.pop("as_json")
+    show = kw.pop("show_prompt")
+    fmt = classify.output_format(output, kw.pop("output_format"))
+    json_header = kw.pop("json_header")
+    if json_header and fmt != "jsonl":
+        raise UsageError("--json-header needs JSONL output; with CSV the manifest is in <output>.meta.json")
+    classify.check_output(output)
+    job = classify.prepare(
+        evaluate if evaluate is not None else input_path, labels=labels, examples_path=kw.pop("examples_path"),
+        template_path=kw.pop("template_path"), settings=settings, evaluate=evaluate is not None,
+        k_fold=kw.pop("k_fold"), holdout=kw.pop("holdout"), format=kw.pop("input_format"),
+        header=not kw.pop("no_header"), text_column=kw.pop("text_column"), id_column=kw.pop("id_column"),
+        label_column=kw.pop("label_column"))
+    runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
+    loaded = _load(kw, **job.load_options())
+    try:
+        if show:
+            click.echo(classify.show_prompt(loaded.model, job))
+            return
+        progress = None if quiet or not sys.stderr.isatty() else _progress_line("classified")
+        started = time.perf_counter()
+        result = classify.run(loaded.model, job, progress=progress)
+        seconds = time.perf_counter() - started
+    finally:
+        loaded.close()
+    if progress is not None:
+        click.echo("", err=True)
+    meta = classify.manifest(job, result, model_name=loaded.name, model_sha256=loaded.sha256)
+    if result.report is None or output is not None:
+        classify.write_outputs(job, result, meta, output=output, fmt=fmt, json_header=json_header)
+    if result.report is not None:
+        from . import metrics
+
+        if as_json:
+            _json_out({"model": loaded.name, "sha256": loaded.sha256, **result.report, "manifest": meta})
+        else:
+            click.echo(metrics.format_report(result.report))
+    if not quiet:
+        n = len(result.predictions)
+        click.echo(f"{n} item(s) classified in {seconds:.1f} s ({n / seconds if seconds else 0:.2f} items/s) "
+                   f"with {loaded.name}" + (f"; written to {output}" if output else ""), err=True)
+
+
+def _progress_line(verb: str):
+    import time
+
+    started = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        click.echo(f"\r\x1b[K{verb} {done}/{total} ({rate:.1f} items/s)", err=True, nl=False)
+
+    return show
+
+
+@cli.command("classify")
+@click.argument("input", required=False, metavar="[INPUT]")
+@click.option("--evaluate", metavar="FILE", help="Classify this labelled file instead and report accuracy, "
+              "macro-F1, per-label scores, the confusion matrix and calibration (like `llmlocal eval`).")
+@model_options
+@classify_options
+def classify_cmd(input: str | None, evaluate: str | None, **kw) -> None:
+    """Classify each text in INPUT (CSV, TSV, JSONL, or one text per line; - or none: stdin).
+
+    The answer is always one of the labels: each label's whole text is scored by its
+    log-probability after the prompt, and a softmax over the labels gives the probabilities.
+    The instructions and examples are evaluated once and reused for every item.
+
+    Output: id, label, confidence and each label's probability (CSV: p_<label> columns; JSONL:
+    "probabilities"), in input order. With -o, FILE.meta.json records the model and its SHA-256,
+    the labels, the examples file's hash, the prompt template and the versions.
+
+    A --template file: the lines before the first one containing {text} are written once
+    ({instructions} and {labels} allowed); the rest is the example block, repeated for each
+    example (a blank line between) and ending with {label}. For the item the block stops before
+    {label}, and the whitespace before {label} starts each scored label. The default:
+
+    \b
+      {instructions}
+
+    \b
+      Text: {text}
+      Label: {label}
+
+    \b
+    Examples:
+      llmlocal classify --labels "spam,not spam" messages.txt
+      llmlocal classify -e labelled.csv --max-examples 16 inbox.csv -o predictions.csv
+      llmlocal classify -e labelled.csv --evaluate test.csv
+      cat reviews.jsonl | llmlocal classify -l "positive,negative" --calibrate --abstain-below 0.7
+    """
+    if evaluate is not None and input is not None:
+        raise UsageError("give INPUT or --evaluate FILE, not both")
+    if evaluate is None and input in (None, "-") and sys.stdin.isatty():
+        raise UsageError("give an INPUT file, or pipe texts on stdin (`cat texts.txt | llmlocal classify ...`)")
+    _classify(input, evaluate=evaluate, kw=kw)
+
+
+@cli.command("eval")
+@click.argument("labelled", metavar="FILE")
+@model_options
+@classify_options
+def eval_cmd(labelled: str, **kw) -> None:
+    """Evaluate a classifier on a labelled FILE: accuracy, macro-F1, per-label precision/recall/F1,
+    confusion matrix, majority baseline and expected calibration error.
+
+    Examples come from --examples, or from FILE itself with --k-fold K or --holdout FRACTION (so
+    50 labelled rows give an honest number). Same options as `llmlocal classify`.
+
+    \b
+    Examples:
+      llmlocal eval labelled.csv --k-fold 5 --max-examples 16
+      llmlocal eval test.tsv -e train.tsv --calibrate --json
+      llmlocal eval labelled.csv --holdout 0.5 --method embed
+    """
+    _classify(None, evaluate=labelled, kw=kw)
+
+
+@cli.command("embed")
+@click.argument("input", required=False, metavar="[INPUT]")
+@click.option("--output", "-o", metavar="FILE", help="out.jsonl ({id, embedding} per line) or out.npy "
+              "(float32 matrix, rows in input order) [default: JSONL on stdout].")
+@click.option("--no-normalize", is_flag=True, help="Keep the raw pooled vectors (default: L2-normalised).")
+@model_options
+@input_options
+def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -> None:
+    """Embed each text in INPUT (mean-pooled, L2-normalised): the vectors --method embed uses.
+
+    \b
+    Examples:
+      llmlocal embed messages.csv -o vectors.npy
+      llmlocal embed -m gemma3-270m-base notes.txt -o vectors.jsonl
+    """
+    from . import classify
+
+    if output is not None and not output.endswith((".jsonl", ".npy", ".ndjson")):
+        raise UsageError(f"cannot tell the output format of '{output}'", hint="name it .jsonl or .npy")
+    classify.check_output(output)
+    if input in (None, "-") and sys.stdin.isatty():
+        raise UsageError("give an INPUT file, or pipe texts on stdin")
+    items, _ = classify.read_items(input, format=kw.pop("input_format"), header=not kw.pop("no_header"),
+                                   text_column=kw.pop("text_column"), id_column=kw.pop("id_column"))
+    loaded = _load(kw, embeddings=True, n_seq_max=16)
+    try:
+        vectors = classify.embed_texts(loaded.model, [i.text for i in items], normalize=not no_normalize)
+    finally:
+        loaded.close()
+    classify.write_embeddings(items, vectors, output=output)
+    click.echo(f"{len(items)} embedding(s) of {vectors.shape[1]} dimensions with {loaded.name}"
+               + (f" written to {output}" if output else ""), err=True)
 
 
 def main() -> None:

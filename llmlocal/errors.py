@@ -144,3 +144,25 @@ class InputFormatError(LlmlocalError, ValueError):
         self.path, self.problem, self.line = path, problem, line
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {problem}")
+
+
+class OutputNotWritableError(LlmlocalError, PermissionError):
+    """A result file (or its directory) cannot be written; raised before any work starts."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot write {path}: {reason}",
+                         hint="choose an output path in a writable directory (-o)")
+
+
+class ResumeMismatchError(LlmlocalError, ValueError):
+    """An existing batch output was made with another model or other parameters."""
+
+    def __init__(self, path: str, differences: list[str]) -> None:
+        self.path, self.differences = path, list(differences)
+        super().__init__(
+            f"{path} holds results made differently ({'; '.join(self.differences)}); "
+            "refusing to mix them",
+            hint="resume with the same model and options, write to a new -o file, "
+            "or pass --force to add to it anyway",
+        )

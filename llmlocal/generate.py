@@ -105,8 +105,10 @@ class Generator:
         while n < limit and self.cached[n] == tokens[n]:
             n += 1
         # Anything after the shared prefix (including a token decoded just before a Ctrl-C) goes.
-        self.model.kv_remove(self.seq_id, n, -1)
+        # ``cached`` shrinks before the KV cache does and grows only after it, so a Ctrl-C between
+        # any two steps leaves it a prefix of what the cache holds, never a claim beyond it.
         self.cached = self.cached[:n]
+        self.model.kv_remove(self.seq_id, n, -1)
         return n
 
     def stream(self, tokens: list[int], params: SamplingParams) -> Iterator[str]:
@@ -145,8 +147,8 @@ class Generator:
                 if stops.stopped:
                     finish = "stop"
                     break
+                model.decode_one(token, len(self.cached), self.seq_id)
                 self.cached.append(token)
-                model.decode_one(token, len(self.cached) - 1, self.seq_id)
             else:
                 finish = "length"
             if not stops.stopped:

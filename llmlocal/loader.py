@@ -74,7 +74,8 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None) 
 
 def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None = None,
          threads: int | None = None, n_seq_max: int = 1, n_batch: int = 512,
-         embeddings: bool = False, verbose: bool = False) -> Loaded:
+         embeddings: bool = False, verbose: bool = False, kv_unified: bool | None = None,
+         extra_buffers: bool | None = None) -> Loaded:
     """Resolve ``ref`` (default: :func:`default_model`), find its verified bytes, load it."""
     spec = catalog.resolve(ref or default_model(), sha256=sha256)
     path = store.model_file(spec)
@@ -84,7 +85,8 @@ def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None =
     runtime.set_verbose(verbose)
     n_ctx = choose_context(spec, info, ctx)
     options = runtime.LoadOptions(n_ctx=n_ctx, n_threads=threads, n_seq_max=n_seq_max,
-                                  n_batch=min(n_batch, n_ctx), embeddings=embeddings)
+                                  n_batch=min(n_batch, n_ctx), embeddings=embeddings, kv_unified=kv_unified,
+                                  extra_buffers=extra_buffers)
     model = runtime.Model(path, options)
     installed = store.find_installed(spec) if not spec.is_reference or spec.repo else None
     return Loaded(spec=spec, path=path, sha256=installed.sha256 if installed else spec.sha256, model=model)

@@ -51,10 +51,43 @@ def _llama():
                     sys.stderr.write(message)
 
             _log_callback = _on_log
+            sys.unraisablehook = _redeliver_interrupts(sys.unraisablehook)
             llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
             _initialised = True
     return llama_cpp
+
+
+def _redeliver_interrupts(previous):
+    """An unraisable hook that turns a Ctrl-C lost in a ctypes callback into a new one.
+
+    llama.cpp calls our log callback during decodes (graph rebuilds log at debug level). A
+    Ctrl-C, or SIGTERM mapped to it, that arrives then is raised inside the callback, where it
+    cannot cross llama.cpp's C frames: ctypes reports it as unraisable and drops it, and the
+    command would run on. This records it, and _llama_decode raises it when the decode returns.
+    """
+
+    def hook(unraisable) -> None:
+        global _lost_interrupt
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _lost_interrupt = True  # raised by _llama_decode when llama_decode returns
+            return
+        previous(unraisable)
+
+    return hook
+
+
+_lost_interrupt = False
+
+
+def _llama_decode(lib, ctx, batch) -> int:
+    """llama_decode, then raise any KeyboardInterrupt that arrived inside it (see above)."""
+    global _lost_interrupt
+    rc = lib.llama_decode(ctx, batch)
+    if _lost_interrupt:
+        _lost_interrupt = False
+        raise KeyboardInterrupt
+    return rc
 
 
 def _amx_enabled(lib) -> bool:
@@ -80,6 +113,33 @@ def llama_cpp_version() -> str:
     from importlib import metadata
 
     return metadata.version("llama-cpp-python")
+
+
+# Batch invariance: what a token's logits depend on besides the tokens it attends to. Measured
+# on llama-cpp-python 0.3.36 (CPU, AVX-512), where a different batching moved logits by up to
+# ~1.0 on SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M (activations are re-quantised to 8 bits per
+# matmul, so any change in rounding order is amplified):
+# - flash attention takes a tiled kernel for micro-batches of 64+ tokens (GGML_FA_TILE_Q) whose
+#   sums depend on where cells sit in the KV cache, and a split-KV kernel for one-token
+#   micro-batches over 512+ cells; from 2 to 63 tokens it runs over the cells in order, skipping
+#   masked ones, so the result does not depend on the batch;
+# - the tiled K-quant matmul (Q4_K, Q6_K, ...; 8+ rows) rounds by tile, see below;
+# - repacked weights (llama.cpp's extra buffers, e.g. Q4_K 8x8 on AVX2/AVX-512) take a gemm
+#   kernel for groups of rows and a gemv kernel for the rest, which round differently: measured
+#   up to 0.057 in a label probability on Gemma 3 270M Q4_K_M. LoadOptions(extra_buffers=False).
+BATCH_INVARIANT_MAX_TOKENS = 63
+
+
+def prefer_batch_invariant_kernels() -> None:
+    """Ask ggml for matmul kernels whose result for a token does not depend on its batch-mates.
+
+    ggml's tiled K-quant matmul (8+ rows) gives a row different rounding depending on the rows
+    tiled with it; ``GGML_CPU_TILED_MM=0`` selects the per-row kernel (about 13% slower prompt
+    processing for Gemma 3 270M Q4_K_M here; Q4_0/Q4_1/Q8_0 models are unaffected). ggml reads the
+    variable once per process, at the first evaluation, so call this before loading a model. A
+    value the user set wins.
+    """
+    os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 
 @dataclass(frozen=True)
@@ -129,6 +189,10 @@ class LoadOptions:
     embeddings: bool = False
     pooling: str = "mean"  # for embeddings: "mean", "cls", "last", "none"
     check_memory: bool = True
+    # llama.cpp's extra weight buffers (repacked layouts for the CPU's SIMD, AMX). None: on, but
+    # off on AMX CPUs (see _amx_enabled). False for batch-invariant results: a repacked K-quant
+    # matmul rounds a token's row differently depending on its batch-mates.
+    extra_buffers: bool | None = None
 
     def threads(self) -> int:
         return self.n_threads or hardware.physical_cores()
@@ -177,7 +241,8 @@ class Model:
         _recent_errors.clear()
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = 0
-        mparams.use_extra_bufts = not _amx_enabled(lib)
+        extra = options.extra_buffers
+        mparams.use_extra_bufts = (not _amx_enabled(lib)) if extra is None else extra
         self._model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise ModelLoadError(
@@ -334,7 +399,7 @@ class Model:
                     b.seq_id[i][k] = sid
             b.logits[i] = logits[i]
         b.n_tokens = n
-        rc = self._lib.llama_decode(self._ctx, b)
+        rc = _llama_decode(self._lib, self._ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc}): " + ("KV cache full" if rc == 1 else "see --verbose"))
 
@@ -347,7 +412,7 @@ class Model:
         b.seq_id[0][0] = seq_id
         b.logits[0] = 1
         b.n_tokens = 1
-        rc = self._lib.llama_decode(self._ctx, b)
+        rc = _llama_decode(self._lib, self._ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
 

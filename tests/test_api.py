@@ -204,3 +204,20 @@ def test_load_errors(installed) -> None:
     with pytest.raises(UsageError, match="no chat template"):
         with llmlocal.load("gemma3-270m-base") as base:
             base.complete("The capital of France is", max_tokens=4)
+
+
+def test_batch_yields_one_completion_per_prompt_in_order_matching_complete(lm) -> None:
+    prompts = [SKY, "Name one fruit.", [SYSTEM, {"role": "user", "content": "Say hello."}]]
+    results = lm.batch(prompts, parallel=2, temperature=0, max_tokens=12)
+    assert iter(results) is results  # an iterator: results arrive as they finish
+    got = list(results)
+    assert [r.finish_reason in ("stop", "length") for r in got] == [True] * 3
+    assert got[0].text == lm.complete(SKY, temperature=0, max_tokens=12)
+    assert got[2].text == lm.chat(prompts[2], temperature=0, max_tokens=12)
+
+
+def test_batch_refuses_bad_input_before_running(lm) -> None:
+    with pytest.raises(UsageError):
+        lm.batch("one prompt")
+    with pytest.raises(ContextOverflowError):
+        lm.batch(["ok", "word " * 5000])

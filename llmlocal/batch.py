@@ -1,0 +1,645 @@
+"""Batch jobs: many prompts from a file, decoded in parallel, results to a resumable JSONL file.
+
+Input is JSON Lines (``{"id": ..., "prompt": ...}`` or ``{"id": ..., "messages": [...]}``, with
+optional per-line ``max_tokens``, ``temperature``, ``stop``, ``system``, ``raw``, ``seed``) or
+plain text, one prompt per line (the id is the line number). A line that cannot run (bad JSON,
+a prompt too long for the context) gets an output line with an ``error``; the job goes on.
+
+Output is one JSON line per input line, appended and flushed as each finishes, plus a sidecar
+``OUTPUT.meta.json`` naming the model (and its SHA-256) and the job's default parameters.
+Running the same command again skips the ids already in the output, after checking that the
+model and parameters are the same; a last line torn by a crash is cut off and redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+from . import __version__, atomic, catalog, gguf, hardware, loader, runtime, store
+from .engine import Engine, Request
+from .errors import (ContextOverflowError, InputFormatError, LlmlocalError, OutputNotWritableError,
+                     ResumeMismatchError, UsageError)
+from .generate import Completion, build_prompt, fit_prompt, tokenize_prompt
+from .runtime import Model, SamplingParams
+
+FORMAT = "llmlocal-batch/1"
+DEFAULT_PARALLEL = 8  # benchmarks/batch_bench.py on a 2-core machine: see the README
+MAX_PARALLEL = 64
+_MIN_CTX = 512
+_FSYNC_SECONDS = 2.0  # a crash loses at most this much finished work to the page cache
+_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+# The job-level settings a resume must share with the run that wrote the output.
+_COMPARED = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed",
+             "max_tokens", "stop", "system", "raw", "ctx")
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the job cleanly; ``summary`` says what is saved."""
+
+    def __init__(self, summary: BatchSummary) -> None:
+        super().__init__()
+        self.summary = summary
+
+
+# ---------------------------------------------------------------- input
+
+
+@dataclass
+class BatchItem:
+    """One input line: what to ask and any per-line overrides; ``error`` if it cannot run."""
+
+    line: int
+    id: Any
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    system: str | None = None
+    raw: bool | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The id as resume compares it (so 1 and "1" stay different ids)."""
+        return _id_key(self.id)
+
+
+def _id_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[BatchItem]:
+    """Parse a batch input file (``-`` for stdin); per-line problems land in ``item.error``.
+
+    ``format``: ``jsonl``, ``text`` or ``auto`` (by extension: .jsonl/.ndjson/.json are JSONL,
+    .txt is text; otherwise JSONL if the first non-blank line starts with ``{``).
+
+    Raises:
+        InputFormatError: the file cannot be read at all.
+    """
+    name = "<stdin>" if str(source) == "-" else str(source)
+    try:
+        if str(source) == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            data = Path(source).read_bytes()
+    except OSError as exc:
+        raise InputFormatError(name, f"cannot read it: {exc.strerror or exc}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if format == "auto":
+        suffix = Path(name).suffix.lower()
+        if suffix in _JSONL_SUFFIXES:
+            format = "jsonl"
+        elif suffix == ".txt":
+            format = "text"
+        else:
+            first = next((raw.strip() for raw in lines if raw.strip()), b"")
+            format = "jsonl" if first.startswith(b"{") else "text"
+    if format not in ("jsonl", "text"):
+        raise UsageError(f"unknown input format '{format}' (expected jsonl, text or auto)")
+
+    items: list[BatchItem] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            items.append(BatchItem(line=number, id=number, error=f"line {number} is not UTF-8 ({exc.reason})"))
+            continue
+        item = _parse_jsonl(number, text) if format == "jsonl" else BatchItem(line=number, id=number, prompt=text)
+        first = seen.setdefault(item.key, number)
+        if first != number and item.error is None:
+            item.error = f"duplicate id {item.key} (first used on line {first})"
+        items.append(item)
+    return items
+
+
+def _parse_jsonl(number: int, text: str) -> BatchItem:
+    item = BatchItem(line=number, id=number)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        item.error = f"line {number} is not valid JSON: {exc.msg} (column {exc.colno})"
+        return item
+    if not isinstance(obj, dict):
+        item.error = f"line {number} is not a JSON object"
+        return item
+    if obj.get("id") is not None:
+        item.id = obj["id"]
+    try:
+        _fill_item(item, obj)
+    except ValueError as exc:
+        item.error = f"line {number}: {exc}"
+    return item
+
+
+def _fill_item(item: BatchItem, obj: dict) -> None:
+    """Check one JSONL object's fields (unknown keys are kept by the caller and ignored here)."""
+    prompt, messages = obj.get("prompt"), obj.get("messages")
+    if (prompt is None) == (messages is None):
+        raise ValueError("needs exactly one of 'prompt' (a string) or 'messages' (a list)")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise ValueError("'prompt' must be a string")
+        item.prompt = prompt
+    else:
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise ValueError("'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects")
+        item.messages = messages
+    if obj.get("system") is not None:
+        if not isinstance(obj["system"], str):
+            raise ValueError("'system' must be a string")
+        item.system = obj["system"]
+    if obj.get("raw") is not None:
+        if not isinstance(obj["raw"], bool):
+            raise ValueError("'raw' must be true or false")
+        item.raw = obj["raw"]
+    for key in ("max_tokens", "seed"):
+        value = obj.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"'{key}' must be a non-negative integer")
+            setattr(item, key, value)
+    if obj.get("temperature") is not None:
+        t = obj["temperature"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError("'temperature' must be a number >= 0")
+        item.temperature = float(t)
+    stop = obj.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise ValueError("'stop' must be a string or a list of strings")
+        item.stop = tuple(stop)
+    if item.raw and item.messages is not None:
+        raise ValueError("'raw' cannot be used with 'messages' (they need the chat template)")
+
+
+# ---------------------------------------------------------------- settings and resume
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The job's defaults (a line may override some). Recorded in the sidecar, compared on resume."""
+
+    params: SamplingParams  # with a concrete seed
+    system: str | None = None
+    raw: bool = False
+    ctx: int = 4096  # tokens per sequence
+
+    def compared(self) -> dict[str, Any]:
+        p = asdict(self.params)
+        p["stop"] = list(self.params.stop)
+        return {**{k: p[k] for k in _COMPARED if k in p}, "system": self.system, "raw": self.raw,
+                "ctx": self.ctx}
+
+
+def meta_path(output: str | os.PathLike[str]) -> Path:
+    return Path(f"{output}.meta.json")
+
+
+@dataclass
+class OutputState:
+    """What an existing output file holds: finished ids, and a torn last line to cut."""
+
+    done: set[str] = field(default_factory=set)
+    lines: int = 0
+    keep_bytes: int = 0  # the file is valid up to here
+    torn_bytes: int = 0  # bytes after it: a line a crash cut short
+    meta: dict | None = None
+
+
+def inspect_output(output: str | os.PathLike[str]) -> OutputState:
+    """Read an output file (without changing it) for resuming.
+
+    Raises:
+        InputFormatError: a line before the last is not a result line (the file is not ours).
+    """
+    state = OutputState()
+    path = Path(output)
+    try:
+        state.meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise InputFormatError(str(meta_path(path)), f"unreadable ({exc}); remove it to start over") from None
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return state
+    end = data.rfind(b"\n") + 1  # a tail without a newline was being written when it stopped
+    body = data[:end]
+    offset = 0
+    raw_lines = body.split(b"\n")[:-1]
+    for i, raw in enumerate(raw_lines):
+        try:
+            rec = json.loads(raw)
+            key = _id_key(rec["id"])
+        except (ValueError, KeyError, TypeError):
+            if i == len(raw_lines) - 1:  # garbage ending in a newline (e.g. zeros after a power cut)
+                break
+            raise InputFormatError(str(path), "is not an llmlocal batch output (or is damaged)", line=i + 1) from None
+        state.done.add(key)
+        state.lines += 1
+        offset += len(raw) + 1
+    state.keep_bytes = offset
+    state.torn_bytes = len(data) - offset
+    return state
+
+
+def check_writable(output: str | os.PathLike[str]) -> None:
+    """Fail now, before loading anything, if results or the sidecar could not be written."""
+    path = Path(output)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputNotWritableError(str(path), f"directory {parent} does not exist")
+    if path.is_dir():
+        raise OutputNotWritableError(str(path), "it is a directory")
+    try:  # the sidecar is written beside it through a temporary file
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(tmp)
+        if path.exists():
+            with open(path, "ab"):
+                pass
+    except OSError as exc:
+        raise OutputNotWritableError(str(path), exc.strerror or str(exc)) from None
+
+
+def _differences(old: dict, settings: JobSettings, sha256: str | None) -> list[str]:
+    diffs = []
+    if sha256 is not None and old.get("sha256") not in (None, sha256):
+        diffs.append(f"model {old.get('model')} sha256 {str(old.get('sha256'))[:12]}…, now {sha256[:12]}…")
+    before = old.get("params", {})
+    for key, now in settings.compared().items():
+        if key in before and before[key] != now:
+            diffs.append(f"{key} was {json.dumps(before[key])}, now {json.dumps(now)}")
+    return diffs
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class BatchSummary:
+    output: str
+    total: int  # input lines
+    skipped: int = 0  # already in the output from an earlier run
+    completed: int = 0  # finished in this run (errors included)
+    written: int = 0  # of those, lines in the output (--ordered holds some back until earlier ones finish)
+    failed: int = 0  # of those, lines with an error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    parallel: int = 1
+
+    @property
+    def done(self) -> int:
+        return self.skipped + self.completed
+
+    @property
+    def items_per_second(self) -> float:
+        return self.completed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Writer:
+    """Appends whole lines with one write each; fsyncs every few seconds and at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.synced = time.monotonic()
+
+    def write(self, record: dict) -> None:
+        try:
+            text = json.dumps(record, ensure_ascii=False)
+            data = (text + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in an input id: keep it as an escape
+            data = (json.dumps(record) + "\n").encode("ascii")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        if time.monotonic() - self.synced >= _FSYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+        self.synced = time.monotonic()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                self.sync()
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _Progress:
+    """One status line on stderr: done/total, items/s, tokens/s, ETA."""
+
+    def __init__(self, total: int, skipped: int, *, enabled: bool, file: IO[str] | None = None) -> None:
+        self.total, self.skipped = total, skipped
+        self.file = file or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.file, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.shown = -1  # the done count last shown
+
+    def update(self, summary: BatchSummary, *, force: bool = False) -> None:
+        if not self.enabled or summary.done == self.shown:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < (0.25 if self.tty else 10.0):
+            return
+        self.last, self.shown = now, summary.done
+        from .progress import human_seconds
+
+        elapsed = max(now - self.started, 1e-6)
+        rate = summary.completed / elapsed
+        left = self.total - summary.done
+        parts = [f"batch {summary.done}/{self.total}",
+                 f"{rate:.2f} items/s", f"{summary.completion_tokens / elapsed:.1f} tok/s"]
+        if left and rate > 0:
+            parts.append(f"ETA {human_seconds(left / rate)}")
+        if summary.failed:
+            parts.append(f"{summary.failed} failed")
+        line = "  ".join(parts)
+        self.file.write(("\r\x1b[K" + line) if self.tty else line + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.last:
+            self.file.write("\n")
+            self.file.flush()
+
+
+def _item_tokens(model: Model, item: BatchItem, settings: JobSettings) -> list[int]:
+    system = item.system if item.system is not None else settings.system
+    if item.messages is not None:
+        messages = item.messages
+        if system is not None and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
+        return tokenize_prompt(model, model.render_chat(messages), raw=False)
+    raw = item.raw if item.raw is not None else settings.raw
+    return tokenize_prompt(model, build_prompt(model, item.prompt, raw=raw, system=system), raw=raw)
+
+
+def _item_params(item: BatchItem, settings: JobSettings) -> SamplingParams:
+    changes = {k: v for k, v in (("max_tokens", item.max_tokens), ("temperature", item.temperature),
+                                 ("stop", item.stop), ("seed", item.seed)) if v is not None}
+    return replace(settings.params, **changes) if changes else settings.params
+
+
+def _result_record(item: BatchItem, result: Completion) -> dict:
+    return {"id": item.id, "text": result.text, "finish_reason": result.finish_reason,
+            "usage": result.usage(), "timing": result.timings()}
+
+
+def _error_record(item: BatchItem, error: str | BaseException) -> dict:
+    if isinstance(error, BaseException):
+        kind = type(error).__name__
+        error = str(error) if isinstance(error, LlmlocalError) else f"{kind}: {error}"
+    else:
+        kind = "InputError"
+    return {"id": item.id, "text": None, "finish_reason": "error", "error": error, "error_type": kind,
+            "line": item.line}
+
+
+def run_batch(model: Model, items: Sequence[BatchItem], output: str | os.PathLike[str], *,
+              settings: JobSettings, parallel: int, done: set[str] | frozenset[str] = frozenset(),
+              ordered: bool = True, progress: bool = True, progress_file: IO[str] | None = None) -> BatchSummary:
+    """Run ``items`` not in ``done`` on ``model`` (loaded with n_seq_max >= parallel), appending to ``output``.
+
+    Raises:
+        BatchInterrupted: on Ctrl-C, after every finished line is on disk.
+    """
+    todo = [item for item in items if item.key not in done]
+    summary = BatchSummary(output=str(output), total=len(items), skipped=len(items) - len(todo),
+                           parallel=parallel)
+    bar = _Progress(len(items), summary.skipped, enabled=progress and bool(todo), file=progress_file)
+    writer = _Writer(Path(output))
+    waiting: dict[int, dict] = {}  # finished, not yet written (--ordered: waiting for earlier lines)
+    next_out = 0
+    started = time.perf_counter()
+
+    def emit(index: int, record: dict) -> None:
+        nonlocal next_out
+        summary.completed += 1
+        if "error" in record:
+            summary.failed += 1
+        else:
+            summary.prompt_tokens += record["usage"]["prompt_tokens"]
+            summary.completion_tokens += record["usage"]["completion_tokens"]
+        waiting[index] = record
+        ready = [index] if not ordered else []
+        while ordered and next_out in waiting:
+            ready.append(next_out)
+            next_out += 1
+        for i in ready:
+            writer.write(waiting[i])
+            del waiting[i]  # only once it is on disk: an interrupted write is redone on resume
+            summary.written += 1
+        summary.seconds = time.perf_counter() - started
+        bar.update(summary)
+
+    def requests() -> Iterator[Request]:
+        for index, item in enumerate(todo):
+            if item.error is not None:
+                emit(index, _error_record(item, item.error))
+                continue
+            try:
+                tokens = _item_tokens(model, item, settings)
+                params = _item_params(item, settings)
+            except Exception as exc:  # one bad line (a template that rejects its messages) never ends the job
+                emit(index, _error_record(item, exc))
+                continue
+            yield Request(tokens, params, tag=index)
+
+    engine = Engine(model, parallel)
+    try:
+        for request, result in engine.run(requests()):
+            item = todo[request.tag]
+            if isinstance(result, Completion):
+                emit(request.tag, _result_record(item, result))
+            else:
+                emit(request.tag, _error_record(item, result))
+    except KeyboardInterrupt:
+        summary.seconds = time.perf_counter() - started
+        writer.close()
+        bar.update(summary, force=True)
+        bar.close()
+        raise BatchInterrupted(summary) from None
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - started
+    bar.update(summary, force=True)
+    bar.close()
+    return summary
+
+
+def complete_all(model: Model, prompts: Sequence[str | list[dict]], *, params: SamplingParams,
+                 raw: bool = False, system: str | None = None,
+                 parallel: int = DEFAULT_PARALLEL) -> Iterator[Completion]:
+    """Complete every prompt (a string, or a list of chat messages), ``parallel`` at a time.
+
+    Returns an iterator of Completions in prompt order, each yielded as soon as it and every
+    earlier one are done. Prompts are tokenized and checked now, before anything runs; decoding
+    runs in a second context on the same weights (memory-mapped, so they are not loaded twice),
+    sized for the longest prompt plus ``params.max_tokens``, and freed when the iterator ends.
+
+    Raises:
+        ContextOverflowError: a prompt does not fit ``model``'s context (before anything runs).
+    """
+    params.validate()
+    token_lists = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            tokens, _ = fit_prompt(model, prompt, raw=raw, system=system, template=None,
+                                   max_tokens=params.max_tokens, truncate=False)
+        else:
+            messages = list(prompt)
+            if system is not None and not any(m.get("role") == "system" for m in messages):
+                messages = [{"role": "system", "content": system}, *messages]
+            tokens = tokenize_prompt(model, model.render_chat(messages), raw=False)
+            if len(tokens) >= model.n_ctx:
+                raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
+        token_lists.append(tokens)
+    return _decode_in_order(model, token_lists, params, parallel)
+
+
+def _decode_in_order(model: Model, token_lists: list[list[int]], params: SamplingParams,
+                     parallel: int) -> Iterator[Completion]:
+    if not token_lists:
+        return
+    parallel = max(1, min(parallel, len(token_lists)))
+    longest = max(len(t) for t in token_lists) + params.max_tokens + 1
+    per_seq = min(model.n_ctx, -(-longest // 256) * 256)
+    options = runtime.LoadOptions(n_ctx=per_seq * parallel, n_threads=model.options.n_threads,
+                                  n_batch=model.options.n_batch, n_seq_max=parallel, kv_unified=False)
+    finished: dict[int, Completion] = {}
+    next_out = 0
+    with Model(model.path, options) as decoder:
+        engine = Engine(decoder, parallel)
+        for request, result in engine.run(Request(t, params, tag=i) for i, t in enumerate(token_lists)):
+            if isinstance(result, BaseException):
+                raise result
+            finished[request.tag] = result
+            while next_out in finished:
+                yield finished.pop(next_out)
+                next_out += 1
+
+
+def sequence_context(spec: catalog.ModelSpec, info: gguf.GGUFInfo, parallel: int) -> int:
+    """Default tokens per sequence: the model's default context, halved until ``parallel`` fit in RAM."""
+    ctx = min(spec.context if spec.source else 4096, info.context_length or 4096)
+    avail = hardware.available_memory()
+    wanted = ctx
+    if avail is not None:
+        while ctx > _MIN_CTX and gguf.estimate_memory(info, ctx * parallel).total_bytes > avail:
+            ctx //= 2
+    if ctx != wanted:
+        print(f"note: context reduced from {wanted} to {ctx} tokens per sequence so {parallel} sequences fit "
+              f"in available RAM (set --ctx to choose)", file=sys.stderr)
+    return ctx
+
+
+def run_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,
+            ctx: int | None = None, threads: int | None = None, verbose: bool = False,
+            parallel: int = DEFAULT_PARALLEL, sampling: dict[str, Any] | None = None,
+            system: str | None = None, raw: bool = False, ordered: bool = True, force: bool = False,
+            progress: bool = True, input_format: str = "auto") -> BatchSummary:
+    """The ``llmlocal batch`` command: check, resume, load, run.
+
+    ``sampling`` holds the options the user gave (None values: not given, so a resumed job keeps
+    the seed and context of the run that wrote ``output``).
+
+    Raises:
+        OutputNotWritableError, ResumeMismatchError, InputFormatError, UsageError, model errors,
+        BatchInterrupted.
+    """
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"--parallel must be between 1 and {MAX_PARALLEL}")
+    if str(output) == "-":
+        raise UsageError("batch writes to a file it can resume from; give -o FILE")
+    if ctx is not None and ctx < 16:
+        raise UsageError(f"--ctx {ctx} is too small")
+    check_writable(output)
+    state = inspect_output(output)
+    if state.lines and state.meta is None and not force:
+        raise ResumeMismatchError(str(output), [f"it has {state.lines} lines but no {meta_path(output).name}"])
+    resuming = bool(state.lines) and state.meta is not None
+    old = state.meta or {}
+    items = read_items(input, format=input_format)
+
+    chosen = {k: v for k, v in (sampling or {}).items() if v is not None}
+    if "stop" in chosen:
+        chosen["stop"] = tuple(chosen["stop"])
+    if resuming and "seed" not in chosen and isinstance(old.get("params", {}).get("seed"), int):
+        chosen["seed"] = old["params"]["seed"]  # the seed the job began with
+    params = SamplingParams(**chosen).resolved()
+    params.validate()
+    spec = catalog.resolve(model or loader.default_model(), sha256=sha256)
+    if ctx is None and resuming and isinstance(old.get("params", {}).get("ctx"), int):
+        ctx = old["params"]["ctx"]
+    if ctx is None:
+        ctx = sequence_context(spec, gguf.read_gguf(store.model_file(spec)), parallel)
+    settings = JobSettings(params=params, system=system, raw=raw, ctx=ctx)
+    if resuming and not force:
+        diffs = _differences(old, settings, None)
+        if diffs:
+            raise ResumeMismatchError(str(output), diffs)
+
+    loaded = loader.load(model, sha256=sha256, ctx=ctx * parallel, threads=threads, verbose=verbose,
+                         n_seq_max=parallel, kv_unified=False)
+    try:
+        digest = loaded.sha256 or atomic.sha256_file(loaded.path)
+        if resuming and not force:
+            diffs = _differences(old, settings, digest)
+            if diffs:
+                raise ResumeMismatchError(str(output), diffs)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        meta = {
+            "format": FORMAT, "model": loaded.name, "sha256": digest, "params": settings.compared(),
+            "parallel": parallel, "threads": loaded.model.options.threads(), "input": str(input),
+            "llmlocal": __version__, "llama_cpp_python": runtime.llama_cpp_version(),
+            "started": old.get("started", now) if resuming else now, "updated": now,
+        }
+        if state.lines and old:
+            earlier = old.pop("earlier", [])
+            if _differences(old, settings, digest):  # --force mixed them: keep what made the old lines
+                earlier.append(old)
+            if earlier:
+                meta["earlier"] = earlier
+        atomic.write_text(meta_path(output), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if state.torn_bytes:
+            os.truncate(output, state.keep_bytes)
+            print(f"note: cut off an incomplete last line ({state.torn_bytes} bytes) left by an interrupted run; "
+                  "it will be redone", file=sys.stderr)
+        return run_batch(loaded.model, items, output, settings=settings, parallel=parallel, done=state.done,
+                         ordered=ordered, progress=progress)
+    finally:
+        loaded.close()

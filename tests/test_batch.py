@@ -1,0 +1,393 @@
+"""`llmlocal batch`: input formats, per-line errors, resume after a real SIGINT or SIGKILL.
+
+Real processes where the process boundary is the point (signals, a torn last line, stdin, a
+directory that cannot be written); Click's CliRunner where only arguments and output matter.
+Parsing and the output scan are pure functions, tested without a model. Generation is short
+(-n 8) so the suite stays quick on a busy CPU; no test measures time.
+
+The resume tests run at --parallel 2. Resuming changes which sequences share a decode, and
+with more than two sequences per decode llama.cpp's batched kernels round differently enough
+that a temperature-0 near-tie can flip (benchmarks/batch_bench.py --agreement measures it);
+with one or two, each sequence's arithmetic is the same as alone, so outputs must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llmlocal import batch
+from llmlocal.batch import BatchItem, inspect_output, read_items
+from llmlocal.cli import cli
+from llmlocal.errors import InputFormatError
+from tests.models import SMOLLM2_SHA256
+
+SYSTEM = "Answer in one short sentence."
+GREEDY = ["--temperature", "0", "-n", "8"]
+
+
+def job_lines() -> list[str]:
+    """50 lines: plain prompts, chat messages, a system prompt, raw text, per-line limits, one bad line."""
+    topics = ["the sea", "bread", "owls", "rain", "chess", "the moon", "bees", "trains", "coffee", "maps"]
+    lines = []
+    for i in range(49):
+        topic = topics[i % len(topics)]
+        kind = i % 5
+        if kind == 0:
+            rec = {"id": f"q{i}", "prompt": f"Write one sentence about {topic}."}
+        elif kind == 1:
+            rec = {"id": f"q{i}", "messages": [{"role": "user", "content": f"What do you know about {topic}?"}]}
+        elif kind == 2:
+            rec = {"id": f"q{i}", "prompt": f"Describe {topic}.", "system": SYSTEM}
+        elif kind == 3:
+            rec = {"id": f"q{i}", "prompt": f"Here is a fact about {topic}:", "raw": True}
+        else:
+            rec = {"id": f"q{i}", "prompt": f"List words related to {topic}.", "max_tokens": 4, "stop": [","]}
+        lines.append(json.dumps(rec))
+    lines.insert(25, '{"id": "broken", "prompt": "no closing brace"')
+    return lines
+
+
+def write_job(path: Path) -> Path:
+    path.write_text("\n".join(job_lines()) + "\n", encoding="utf-8")
+    return path
+
+
+def read_output(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def by_id(records: list[dict]) -> dict:
+    return {json.dumps(r["id"]): r for r in records}
+
+
+def essence(records: list[dict]) -> list[tuple]:
+    """What must not depend on how a job was run: not timings, nor how much prompt was shared."""
+    return [(r["id"], r["text"], r["finish_reason"], r.get("error"),
+             r.get("usage") and (r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"])) for r in records]
+
+
+def llmlocal_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmlocal", *args]
+
+
+def run_llmlocal(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(llmlocal_cmd(*args), input=input, capture_output=True, text=True, env=os.environ.copy())
+
+
+def wait_for_lines(path: Path, n: int, proc: subprocess.Popen) -> None:
+    """Until ``path`` has ``n`` finished lines (or the process ended: the caller then sees it)."""
+    while proc.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def model_arg() -> list[str]:
+    """The real SmolLM2 GGUF, by path: module-scoped runs need no per-test store."""
+    from tests.models import smollm2_path
+
+    return ["-m", str(smollm2_path())]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, model_arg) -> dict:
+    """The 50-line job run once, uninterrupted, at --parallel 2 (what resumed runs must reproduce)."""
+    d = tmp_path_factory.mktemp("reference")
+    out = d / "out.jsonl"
+    proc = run_llmlocal("batch", str(write_job(d / "in.jsonl")), "-o", str(out), *model_arg, *GREEDY, "-p", "2")
+    assert proc.returncode == 0, proc.stderr
+    return {"records": read_output(out), "stderr": proc.stderr, "meta": json.loads(Path(f"{out}.meta.json").read_text())}
+
+
+# ---------------------------------------------------------------- input parsing (no model)
+
+
+def test_jsonl_kinds_overrides_and_a_malformed_line(tmp_path):
+    items = read_items(write_job(tmp_path / "in.jsonl"))
+    assert len(items) == 50
+    bad = items[25]
+    assert bad.line == 26 and bad.id == 26 and "not valid JSON" in bad.error
+    assert items[1].messages[0]["content"].startswith("What do you know")
+    assert items[2].system == SYSTEM and items[3].raw is True
+    assert items[4].max_tokens == 4 and items[4].stop == (",",)
+    assert all(i.error is None for i in items if i is not bad)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('[1, 2]', "not a JSON object"),
+    ('{"id": 1}', "exactly one of"),
+    ('{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "exactly one of"),
+    ('{"prompt": 5}', "'prompt' must be a string"),
+    ('{"messages": [{"role": "user"}]}', "'messages' must be"),
+    ('{"prompt": "a", "max_tokens": -1}', "'max_tokens' must be"),
+    ('{"prompt": "a", "max_tokens": true}', "'max_tokens' must be"),
+    ('{"prompt": "a", "temperature": "hot"}', "'temperature' must be"),
+    ('{"prompt": "a", "stop": [1]}', "'stop' must be"),
+    ('{"messages": [{"role": "user", "content": "b"}], "raw": true}', "'raw' cannot"),
+])
+def test_each_bad_field_is_that_line_s_error(tmp_path, line, problem):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"prompt": "fine"}\n' + line + "\n", encoding="utf-8")
+    good, bad = read_items(path)
+    assert good.error is None and good.id == 1
+    assert problem in bad.error and bad.error.startswith("line 2")
+
+
+def test_plain_text_ids_are_line_numbers_and_blank_lines_are_skipped(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("first prompt\n\n{not json, just text}\r\nthird\n", encoding="utf-8")
+    items = read_items(path)
+    assert [(i.id, i.prompt) for i in items] == [(1, "first prompt"), (3, "{not json, just text}"), (4, "third")]
+
+
+def test_format_sniffing_and_duplicate_ids(tmp_path):
+    path = tmp_path / "noext"
+    path.write_text('\n{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n{"id": 1, "prompt": "z"}\n'
+                    '{"id": "1", "prompt": "w"}\n', encoding="utf-8")
+    items = read_items(path)
+    assert [i.error is None for i in items] == [True, False, True, True]  # 1 and "1" are different ids
+    assert "duplicate id" in items[1].error and "line 2" in items[1].error
+    assert read_items(path, format="text")[0].prompt == '{"id": "a", "prompt": "x"}'
+
+
+def test_invalid_utf8_is_one_line_s_error(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "\xff"}\n')
+    assert "not UTF-8" in read_items(path)[1].error
+
+
+def test_missing_input_is_a_clean_error(tmp_path):
+    with pytest.raises(InputFormatError, match="cannot read"):
+        read_items(tmp_path / "nope.jsonl")
+
+
+# ---------------------------------------------------------------- output scan (no model)
+
+
+def test_torn_last_line_is_found_and_nothing_is_changed(tmp_path):
+    out = tmp_path / "out.jsonl"
+    good = b'{"id": "a", "text": "x"}\n{"id": 2, "text": "y"}\n'
+    out.write_bytes(good + b'{"id": "c", "te')
+    state = inspect_output(out)
+    assert state.done == {'"a"', "2"} and state.lines == 2
+    assert state.keep_bytes == len(good) and state.torn_bytes == len(b'{"id": "c", "te')
+    assert out.read_bytes().endswith(b'"te')  # only reading
+
+
+def test_zeros_after_a_power_cut_count_as_torn(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"id": "a", "text": "x"}\n' + b"\0" * 40 + b"\n")
+    state = inspect_output(out)
+    assert state.lines == 1 and state.torn_bytes == 41
+
+
+def test_a_damaged_middle_line_is_refused(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(InputFormatError, match="out.jsonl:2"):
+        inspect_output(out)
+
+
+# ---------------------------------------------------------------- whole jobs with the real model
+
+
+def test_full_job_one_line_per_input_line(reference):
+    records = reference["records"]
+    ids = [r["id"] for r in records]
+    assert len(records) == 50 and len(set(map(json.dumps, ids))) == 50
+    assert ids[25] == 26 and ids[:3] == ["q0", "q1", "q2"]  # --ordered: input order
+    bad = records[25]
+    assert bad["finish_reason"] == "error" and bad["text"] is None and "not valid JSON" in bad["error"]
+    good = [r for r in records if r is not bad]
+    assert all(r["text"] is not None and r["usage"]["completion_tokens"] <= 8 for r in good)
+    assert all(set(r["timing"]) >= {"prompt_seconds", "gen_seconds"} for r in good)
+    limited = [r for r in good if int(r["id"][1:]) % 5 == 4]
+    assert all(r["usage"]["completion_tokens"] <= 4 and "," not in r["text"] for r in limited)
+    meta = reference["meta"]
+    assert meta["sha256"] == SMOLLM2_SHA256 and meta["format"] == "llmlocal-batch/1"
+    assert meta["params"]["temperature"] == 0 and meta["params"]["max_tokens"] == 8
+    assert "done: 50 of 50 lines" in reference["stderr"] and "1 failed" in reference["stderr"]
+
+
+def test_batch_text_equals_complete_for_each_prompt_kind(reference, model_arg):
+    """Temperature 0: a line's text is what `llmlocal complete` prints for the same prompt alone."""
+    records = by_id(reference["records"])
+    cases = [("q0", ["Write one sentence about the sea."]),
+             ("q2", ["Describe owls.", "--system", SYSTEM]),
+             ("q3", ["Here is a fact about rain:", "--raw"])]
+    for rid, args in cases:
+        result = CliRunner().invoke(cli, ["complete", "--json", *model_arg, *GREEDY, *args])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["text"] == records[json.dumps(rid)]["text"], rid
+
+
+def test_parallel_1_and_4_agree(reference, model_arg, tmp_path):
+    """Four sequences per decode against two: count the lines whose text differs (rare)."""
+    out = tmp_path / "p4.jsonl"
+    proc = run_llmlocal("batch", str(write_job(tmp_path / "in.jsonl")), "-o", str(out), *model_arg, *GREEDY,
+                        "-p", "4", "--unordered", "-q")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    ref, got = by_id(reference["records"]), by_id(read_output(out))
+    assert ref.keys() == got.keys()
+    differ = [k for k in ref if ref[k]["text"] != got[k]["text"]]
+    assert len(differ) <= 2, differ  # measured: 0 of 50 here at -n 8
+
+
+def test_sigint_stops_cleanly_and_a_rerun_completes_the_job(reference, model_arg, tmp_path):
+    job, out = write_job(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
+    args = ["batch", str(job), "-o", str(out), *model_arg, *GREEDY, "-p", "2"]
+    proc = subprocess.Popen(llmlocal_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(out, 5, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "run the same command again to resume" in stderr
+    partial = read_output(out)  # every line whole
+    assert 5 <= len(partial) < 50
+    assert [r["id"] for r in partial] == [r["id"] for r in reference["records"][: len(partial)]]
+
+    again = run_llmlocal(*args)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(partial)} from an earlier run" in again.stderr
+    assert essence(read_output(out)) == essence(reference["records"])  # same lines, same order, each id once
+
+
+def test_sigkill_torn_line_is_cut_and_redone(reference, model_arg, tmp_path):
+    job, out = write_job(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
+    args = ["batch", str(job), "-o", str(out), *model_arg, *GREEDY, "-p", "2", "--unordered"]
+    proc = subprocess.Popen(llmlocal_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_lines(out, 6, proc)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # One write per line makes a torn line unlikely from a kill; a power cut can still leave one,
+    # so cut the last line in half as it would be.
+    data = out.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    out.write_bytes(data[: last_start + (len(data) - last_start) // 2])
+    cut_id = json.loads(data[last_start:])["id"]
+    kept = data[:last_start].count(b"\n")
+
+    again = run_llmlocal(*args)
+    assert again.returncode == 0, again.stderr
+    assert "cut off an incomplete last line" in again.stderr
+    records = read_output(out)
+    assert len(records) == 50 and len({json.dumps(r["id"]) for r in records}) == 50
+    assert sorted(essence(records), key=str) == sorted(essence(reference["records"]), key=str)
+    assert json.dumps(cut_id) in {json.dumps(r["id"]) for r in records[kept:]}  # redone, not kept torn
+
+
+def test_resume_adds_only_new_ids(model_arg, tmp_path):
+    job, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    job.write_text('{"id": 1, "prompt": "Hi"}\n', encoding="utf-8")
+    assert run_llmlocal("batch", str(job), "-o", str(out), *model_arg, *GREEDY, "-q").returncode == 0
+    first = out.read_bytes()
+    with job.open("a", encoding="utf-8") as fh:
+        fh.write('{"id": 2, "prompt": "Bye"}\n')
+    proc = run_llmlocal("batch", str(job), "-o", str(out), *model_arg, *GREEDY)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes().startswith(first) and [r["id"] for r in read_output(out)] == [1, 2]
+
+
+def test_resume_refuses_other_parameters_or_model_without_force(installed, tmp_path):
+    job, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    job.write_text('{"id": 1, "prompt": "The sky is"}\n{"id": 2, "prompt": "Grass is"}\n', encoding="utf-8")
+    base = ["batch", str(job), "-o", str(out), "--raw", "--temperature", "0"]
+    first = CliRunner().invoke(cli, [*base, "-m", "smollm2-135m", "-n", "4", "-q"])
+    assert first.exit_code == 0, first.output
+    out.write_bytes(out.read_bytes().split(b"\n")[0] + b"\n")  # as if stopped after one line
+    before = out.read_bytes()
+
+    other_params = CliRunner().invoke(cli, [*base, "-m", "smollm2-135m", "-n", "5"])
+    assert other_params.exit_code == 1
+    assert "max_tokens was 4, now 5" in other_params.stderr and "--force" in other_params.stderr
+    other_model = CliRunner().invoke(cli, [*base, "-m", "gemma3-270m-base", "-n", "4"])
+    assert other_model.exit_code == 1
+    assert "model smollm2-135m sha256" in other_model.stderr and "refusing to mix" in other_model.stderr
+    assert out.read_bytes() == before  # refused before touching anything
+
+    forced = CliRunner().invoke(cli, [*base, "-m", "gemma3-270m-base", "-n", "4", "--force", "-q"])
+    assert forced.exit_code == 0, forced.output
+    assert [r["id"] for r in read_output(out)] == [1, 2]
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    assert meta["model"] == "gemma3-270m-base" and meta["earlier"][0]["model"] == "smollm2-135m"
+
+
+def test_output_without_sidecar_is_not_mixed_into(model_arg, tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 1, "text": "someone else\'s"}\n', encoding="utf-8")
+    (tmp_path / "in.txt").write_text("Hi\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["batch", str(tmp_path / "in.txt"), "-o", str(out), *model_arg])
+    assert result.exit_code == 1 and "no out.jsonl.meta.json" in result.stderr
+
+
+def test_stdin_plain_text(model_arg, tmp_path):
+    out = tmp_path / "out.jsonl"
+    proc = run_llmlocal("batch", "-", "-o", str(out), *model_arg, *GREEDY, "-s", SYSTEM,
+                        input="What is bread?\n\nWhat is rain?\n")
+    assert proc.returncode == 0, proc.stderr
+    records = read_output(out)
+    assert [r["id"] for r in records] == [1, 3] and all(r["text"] for r in records)
+    assert json.loads(Path(f"{out}.meta.json").read_text())["input"] == "-"
+
+
+def test_a_prompt_too_long_is_that_line_s_error(model_arg, tmp_path):
+    job, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    job.write_text(json.dumps({"id": "long", "prompt": "word " * 300}) + "\n"
+                   + json.dumps({"id": "short", "prompt": "Hi"}) + "\n", encoding="utf-8")
+    # llama.cpp rounds each sequence's context up to 256 cells; 300 words is more than that.
+    result = CliRunner().invoke(cli, ["batch", str(job), "-o", str(out), *model_arg, *GREEDY, "--ctx", "128", "-q"])
+    assert result.exit_code == 0, result.output
+    long, short = read_output(out)
+    assert long["error_type"] == "ContextOverflowError" and "context holds 256" in long["error"]
+    assert short["text"] and short["finish_reason"] in ("stop", "length")
+
+
+def test_output_in_a_read_only_directory_fails_before_any_work(tmp_path):
+    if os.geteuid() != 0 or not shutil.which("chattr"):
+        pytest.skip("needs root and chattr to make a directory unwritable for root")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem does not support chattr +i")
+    try:
+        # An unknown model proves the check comes first: resolving it would be a different error.
+        proc = run_llmlocal("batch", "-", "-o", str(locked / "out.jsonl"), "-m", "no-such-model",
+                            input="Hi\n")
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"Error: cannot write {locked / 'out.jsonl'}: "), proc.stderr
+    assert "hint:" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(locked.iterdir()) == []
+
+
+def test_usage_errors(tmp_path):
+    (tmp_path / "in.txt").write_text("Hi\n", encoding="utf-8")
+    for args, message in ((["-o", "-"], "give -o FILE"), (["-o", str(tmp_path / "o"), "-p", "0"], "--parallel"),
+                          (["-o", str(tmp_path / "missing" / "o")], "does not exist")):
+        result = CliRunner().invoke(cli, ["batch", str(tmp_path / "in.txt"), *args])
+        assert result.exit_code in (1, 2) and message in result.stderr, result.stderr
+
+
+def test_run_batch_is_usable_without_the_cli(smollm2, tmp_path):
+    """The core function: items in, lines out, a summary back."""
+    from llmlocal.runtime import LoadOptions, Model, SamplingParams
+
+    items = [BatchItem(line=1, id="x", prompt="Hi"), BatchItem(line=2, id="y", error="bad line")]
+    settings = batch.JobSettings(params=SamplingParams(temperature=0, max_tokens=4, seed=1), ctx=256)
+    with Model(smollm2, LoadOptions(n_ctx=512, n_seq_max=2, kv_unified=False)) as m:
+        summary = batch.run_batch(m, items, tmp_path / "o.jsonl", settings=settings, parallel=2, progress=False)
+    assert (summary.completed, summary.failed, summary.skipped) == (2, 1, 0)
+    assert [r["id"] for r in read_output(tmp_path / "o.jsonl")] == ["x", "y"]
