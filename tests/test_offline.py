@@ -80,14 +80,14 @@ class Tripwire:
         self.log = root / "attempts.log"
         self.armed = root / "armed.log"
 
-    def run(self, *argv: str) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, input: str | None = None) -> subprocess.CompletedProcess:
         env = os.environ.copy()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.dir), env.get("PYTHONPATH")]))
         env["LLMLOCAL_TRIPWIRE_LOG"] = str(self.log)
         env["LLMLOCAL_TRIPWIRE_ARMED"] = str(self.armed)
         before = self.armed_count()
-        result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env,
-                                stdin=subprocess.DEVNULL)
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+        result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, **stdin)
         # The tripwire must have been live in that process, or a clean log would prove nothing.
         assert self.armed_count() > before, "sitecustomize.py was not loaded: " + result.stderr
         return result
@@ -119,18 +119,34 @@ OFFLINE_COMMANDS = [
     pytest.param(["info", "smollm2-135m"], id="info"),
     # Already installed: nothing to fetch, so nothing to ask the Hub either.
     pytest.param(["pull", "smollm2-135m"], id="pull-installed"),
+    pytest.param(["chat", "--temperature", "0", "-n", "4"], id="chat"),
+    pytest.param(["classify", "-e", "{dir}/examples.csv", "{dir}/texts.txt"], id="classify"),
+    pytest.param(["eval", "{dir}/examples.csv", "--k-fold", "2"], id="eval"),
+    pytest.param(["classify", "--method", "embed", "-e", "{dir}/examples.csv", "{dir}/texts.txt"],
+                 id="classify-embed"),
+    pytest.param(["batch", "{dir}/prompts.txt", "-o", "{dir}/out.jsonl", "--temperature", "0", "-n", "4"],
+                 id="batch"),
 ]
+
+EXAMPLES = ("text,label\nWin a free prize now,spam\nSee you at lunch,ham\nClaim your cash reward,spam\n"
+            "Running late sorry,ham\n")
 
 
 @pytest.mark.parametrize("argv", OFFLINE_COMMANDS)
-def test_installed_model_commands_make_no_connection(installed, tripwire, argv) -> None:
+def test_installed_model_commands_make_no_connection(installed, tripwire, tmp_path, argv) -> None:
     if argv[0] not in commands():
         pytest.skip(f"`llmlocal {argv[0]}` does not exist yet (not in `llmlocal --help`)")
-    result = tripwire.run("-m", "llmlocal", *argv)
+    (tmp_path / "examples.csv").write_text(EXAMPLES, encoding="utf-8")
+    (tmp_path / "texts.txt").write_text("Free entry to win a car\nAre we still on for dinner?\n", encoding="utf-8")
+    (tmp_path / "prompts.txt").write_text("Say hi.\nName a colour.\n", encoding="utf-8")
+    argv = [a.replace("{dir}", str(tmp_path)) for a in argv]
+    result = tripwire.run("-m", "llmlocal", *argv, input="Hi!\n" if argv[0] == "chat" else None)
     assert result.returncode == 0, result.stderr
     assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
-    if argv[0] == "complete":
+    if argv[0] in ("complete", "chat", "classify", "eval"):
         assert result.stdout.strip()
+    if argv[0] == "batch":
+        assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
 
 
 def test_default_model_first_use_is_offline(home, tripwire) -> None:

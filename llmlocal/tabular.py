@@ -1,0 +1,244 @@
+"""Read records from CSV, TSV, JSON Lines or plain text lines, from a file or stdin.
+
+Generic on purpose (classification reads items and labelled examples with it, batch jobs read
+JSONL prompts): a record is a :class:`Row`, the line it starts on and its values by column name.
+Every problem is an :class:`~llmlocal.errors.InputFormatError` naming the file and the line:
+bytes that are not UTF-8, a CSV row with a stray quote or the wrong number of fields, a JSONL
+line that is not a JSON object.
+
+Formats, chosen by ``format=`` or the file extension (``.csv``, ``.tsv``/``.tab``,
+``.jsonl``/``.ndjson``; anything else is plain lines; stdin is sniffed: JSONL if its first
+non-blank line starts with ``{``, else plain lines):
+
+- ``csv``: RFC 4180 (quoted fields may hold commas, quotes and newlines), strict quoting.
+- ``tsv``: one record per line, fields split on tabs, no quoting (the IANA text/tab-separated-values
+  form; a quote character is ordinary text, so free text such as SMS messages survives intact).
+- ``jsonl``: one JSON object per non-blank line.
+- ``lines``: one record per non-blank line, in the column ``text``.
+
+CSV and TSV have a header row unless ``header=False``; then the columns are named ``1``, ``2``, ...
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import InputFormatError
+
+FORMATS = ("csv", "tsv", "jsonl", "lines")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+STDIN_NAME = "<stdin>"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record: the 1-based line it starts on and its values by column name."""
+
+    line: int
+    values: dict[str, Any]
+
+
+@dataclass
+class Table:
+    """All the records of one input, with the column names where the format has a header."""
+
+    name: str  # the path as given, or "<stdin>": what error messages say
+    format: str
+    columns: list[str] | None  # CSV/TSV header (or 1..n); for JSONL the first record's keys
+    rows: list[Row] = field(default_factory=list)
+
+    def has_column(self, name: str) -> bool:
+        return self.columns is not None and name in self.columns
+
+
+def format_for(path: str | Path | None, explicit: str | None = None) -> str | None:
+    """The format of ``path``: ``explicit`` if given, else by extension (None for stdin: sniff)."""
+    if explicit is not None:
+        if explicit not in FORMATS:
+            raise InputFormatError(str(path or STDIN_NAME),
+                                   f"unknown format '{explicit}' (use one of {', '.join(FORMATS)})")
+        return explicit
+    if path is None or str(path) == "-":
+        return None
+    return _EXTENSIONS.get(Path(path).suffix.lower(), "lines")
+
+
+def decoded_lines(fh: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line of a binary stream, line ending kept; strict UTF-8.
+
+    A UTF-8 byte-order mark at the start is dropped. Bytes that are not UTF-8 stop the read with
+    an error naming the line and the byte, rather than silently becoming U+FFFD.
+    """
+    for number, raw in enumerate(fh, 1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputFormatError(
+                name, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                "save the file as UTF-8", line=number) from None
+
+
+def iter_rows(source: str | Path | IO[bytes] | None, *, format: str | None = None, header: bool = True,
+              name: str | None = None) -> Iterator[Row]:
+    """Stream the records of ``source`` (a path, ``"-"``/None for stdin, or a binary stream)."""
+    return _open(source, format=format, header=header, name=name)
+
+
+def read_table(source: str | Path | IO[bytes] | None, *, format: str | None = None, header: bool = True,
+               name: str | None = None) -> Table:
+    """Read every record of ``source`` into a :class:`Table` (columns known after the header)."""
+    reader = _open(source, format=format, header=header, name=name)
+    rows = list(reader)
+    return Table(name=reader.name, format=reader.format, columns=reader.columns, rows=rows)
+
+
+class _Reader:
+    """Iterator over rows that also exposes the name, format and (once read) the columns."""
+
+    def __init__(self, fh: IO[bytes], *, name: str, format: str, header: bool, owned: bool) -> None:
+        self.fh, self.name, self.format, self.header, self.owned = fh, name, format, header, owned
+        self.columns: list[str] | None = None
+        self._it = self._rows()
+
+    def __iter__(self) -> _Reader:
+        return self
+
+    def __next__(self) -> Row:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.close()
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.owned and not self.fh.closed:
+            self.fh.close()
+
+    def _rows(self) -> Iterator[Row]:
+        lines = decoded_lines(self.fh, self.name)
+        if self.format == "csv":
+            yield from self._csv(lines)
+        elif self.format == "tsv":
+            yield from self._tsv(lines)
+        elif self.format == "jsonl":
+            yield from self._jsonl(lines)
+        else:
+            self.columns = ["text"]
+            for number, text in lines:
+                text = text.rstrip("\r\n")
+                if text.strip():
+                    yield Row(number, {"text": text})
+
+    def _fields(self, number: int, fields: list[str]) -> Row | None:
+        """A data row checked against the header; the first row becomes the header."""
+        if self.columns is None:
+            if self.header:
+                names = [f.strip() for f in fields]
+                if len(set(names)) != len(names):
+                    dup = sorted({n for n in names if names.count(n) > 1})
+                    raise InputFormatError(self.name, f"duplicate column name(s) in the header: {', '.join(dup)}",
+                                           line=number)
+                self.columns = names
+                return None
+            self.columns = [str(i) for i in range(1, len(fields) + 1)]
+        if len(fields) != len(self.columns):
+            raise InputFormatError(
+                self.name, f"expected {len(self.columns)} fields ({', '.join(self.columns)}), found {len(fields)}",
+                line=number)
+        return Row(number, dict(zip(self.columns, fields)))
+
+    def _csv(self, lines: Iterable[tuple[int, str]]) -> Iterator[Row]:
+        numbered = _LineCounter(lines)
+        reader = csv.reader(numbered, strict=True)
+        while True:
+            start = numbered.last + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise InputFormatError(self.name, f"malformed CSV row: {exc}", line=start) from None
+            if not fields:  # a blank line
+                continue
+            row = self._fields(start, fields)
+            if row is not None:
+                yield row
+
+    def _tsv(self, lines: Iterable[tuple[int, str]]) -> Iterator[Row]:
+        for number, text in lines:
+            text = text.rstrip("\r\n")
+            if not text.strip():
+                continue
+            row = self._fields(number, text.split("\t"))
+            if row is not None:
+                yield row
+
+    def _jsonl(self, lines: Iterable[tuple[int, str]]) -> Iterator[Row]:
+        for number, text in lines:
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputFormatError(self.name, f"not valid JSON: {exc.msg} (column {exc.colno})",
+                                       line=number) from None
+            if not isinstance(value, dict):
+                raise InputFormatError(self.name, f"expected a JSON object, found {type(value).__name__}",
+                                       line=number)
+            if self.columns is None:
+                self.columns = list(value)
+            yield Row(number, value)
+
+
+class _LineCounter:
+    """Feeds decoded lines to csv.reader and remembers the number of the last one it took."""
+
+    def __init__(self, lines: Iterable[tuple[int, str]]) -> None:
+        self._lines = iter(lines)
+        self.last = 0
+
+    def __iter__(self) -> _LineCounter:
+        return self
+
+    def __next__(self) -> str:
+        self.last, text = next(self._lines)
+        return text
+
+
+def _open(source: str | Path | IO[bytes] | None, *, format: str | None, header: bool,
+          name: str | None) -> _Reader:
+    if source is None or (isinstance(source, str) and source == "-"):
+        fh: IO[bytes] = sys.stdin.buffer
+        label = name or STDIN_NAME
+        owned = False
+    elif isinstance(source, (str, Path)):
+        label = name or str(source)
+        try:
+            fh = open(source, "rb")
+        except FileNotFoundError:
+            raise InputFormatError(label, "no such file") from None
+        except IsADirectoryError:
+            raise InputFormatError(label, "is a directory, not a file") from None
+        owned = True
+    else:
+        fh, label, owned = source, name or getattr(source, "name", None) or STDIN_NAME, False
+    fmt = format_for(label if isinstance(source, (str, Path)) else None, format)
+    if fmt is None:  # stdin or an anonymous stream: sniff the first non-blank line
+        data = fh.read()
+        first = next((ln for ln in data.splitlines() if ln.strip()), b"")
+        fmt = "jsonl" if first.lstrip().startswith(b"{") else "lines"
+        fh, owned = io.BytesIO(data), True
+    return _Reader(fh, name=label, format=fmt, header=header, owned=owned)
