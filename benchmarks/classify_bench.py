@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")  # as `llmlocal classify` does: batch-invariant kernels
 
-from llmlocal import classify, loader  # noqa: E402
+from llmlocal import classify, fewshot, loader  # noqa: E402
 
 CORPUS = Path("/work/shared/data/sms-spam-collection/SMSSpamCollection")
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "sms_sample.tsv"
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         loaded = loader.load(name, threads=args.threads, n_seq_max=64, extra_buffers=False)
         try:
-            clf = classify.PromptClassifier(loaded.model, ["ham", "spam"], examples, parallel=args.parallel)
+            clf = fewshot.PromptClassifier(loaded.model, ["ham", "spam"], examples, parallel=args.parallel)
             tokens = [clf.prompt.item_tokens(t) for t in items]
             scorer = clf.scorer
             scorer.reset()
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded.close()
         n_naive = min(args.naive_items, len(items))
         cached_rate, naive_rate = len(items) / cached_s, n_naive / naive_s
-        diff = np.abs(classify.softmax(cached[:n_naive]) - classify.softmax(naive)).max()
+        diff = np.abs(fewshot.softmax(cached[:n_naive]) - fewshot.softmax(naive)).max()
         item_tokens = sum(len(t) for t in tokens) / len(tokens)
         print(f"{name}: {args.examples}-example prompt, prefix {len(clf.prompt.prefix)} tokens, "
               f"items {item_tokens:.1f} tokens on average, labels ' ham' / ' spam' (1 token each)")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  naive:  {n_naive} items in {naive_s:.1f} s = {naive_rate:.2f} items/s "
               f"({naive_tokens / n_naive:.1f} tokens evaluated per item)")
         big_rate = n_naive / naive_big_s
-        big_diff = np.abs(classify.softmax(cached[:n_naive]) - classify.softmax(naive_big)).max()
+        big_diff = np.abs(fewshot.softmax(cached[:n_naive]) - fewshot.softmax(naive_big)).max()
         print(f"  naive, whole prompt per decode: {n_naive} items in {naive_big_s:.1f} s = {big_rate:.2f} items/s")
         print(f"  speed-up: {cached_rate / naive_rate:.1f}x over the same-kernel naive way (target >= 5x), "
               f"{cached_rate / big_rate:.1f}x over whole-prompt decodes")

@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")  # as `llmlocal classify` does: batch-invariant kernels
 
-from llmlocal import classify, loader, metrics  # noqa: E402
+from llmlocal import classify, embedding, fewshot, loader, metrics  # noqa: E402
 
 DATA = Path("/work/shared/data/sms-spam-collection/SMSSpamCollection")
 NOTES_INSTRUCTIONS = "Classify each SMS message as ham (legitimate) or spam."
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     base = metrics.majority_baseline(gold, LABELS)
     log(f"{len(rows)} messages; test set {len(test)} (seed {args.seed}), {gold.count('spam')} spam; "
         f"majority baseline accuracy {base['accuracy']:.4f}, macro-F1 {base['macro_f1']:.4f}")
-    template = classify.Template.parse(NOTES_TEMPLATE) if args.prompt == "notes" else None
+    template = fewshot.Template.parse(NOTES_TEMPLATE) if args.prompt == "notes" else None
     instructions = NOTES_INSTRUCTIONS if args.prompt == "notes" else None
     results = []
     for name in args.models:
@@ -121,18 +121,18 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in args.modes:
                     if mode == "chat" and not chat_ok:
                         continue
-                    clf = classify.PromptClassifier(loaded.model, LABELS, examples, template=template,
+                    clf = fewshot.PromptClassifier(loaded.model, LABELS, examples, template=template,
                                                     instructions=instructions, chat=mode == "chat")
                     started = time.perf_counter()
                     raw = clf.log_scores(texts, progress=_progress(f"{name} k={k} {mode}"))
                     seconds = time.perf_counter() - started
-                    prior = classify.softmax(clf.log_scores([classify.CONTENT_FREE]))[0]
+                    prior = fewshot.softmax(clf.log_scores([fewshot.CONTENT_FREE]))[0]
                     common = {"model": name, "k": k, "mode": mode, "n_test": len(test),
                               "prefix_tokens": len(clf.prompt.prefix), "seconds": round(seconds, 1),
                               "items_per_second": round(len(test) / seconds, 2)}
-                    results.append({**common, "method": "prompt", **scores(gold, classify.softmax(raw), LABELS)})
+                    results.append({**common, "method": "prompt", **scores(gold, fewshot.softmax(raw), LABELS)})
                     results.append({**common, "method": "prompt+calibration", "prior_spam": round(float(prior[1]), 4),
-                                    **scores(gold, classify.softmax(raw - np.log(prior)), LABELS)})
+                                    **scores(gold, fewshot.softmax(raw - np.log(prior)), LABELS)})
                     for r in results[-2:]:
                         log(json.dumps(r))
         finally:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in args.k:
                 examples = classify.select_examples(pool, LABELS, max_examples=k, seed=args.seed)
                 started = time.perf_counter()
-                clf = classify.EmbeddingClassifier(loaded.model, LABELS, examples, cache=cache)
+                clf = embedding.EmbeddingClassifier(loaded.model, LABELS, examples, cache=cache)
                 probs = clf.predict_proba(texts, progress=_progress(f"{name} k={k} embed"))
                 r = {"model": name, "k": k, "mode": "-", "n_test": len(test), "method": f"embed ({clf.kind})",
                      "seconds": round(time.perf_counter() - started, 1), **scores(gold, probs, LABELS)}

@@ -231,7 +231,7 @@ def info_cmd(model: str, ctx: int | None, as_json: bool) -> None:
       llmlocal info smollm2-135m
       llmlocal info ./my-model.Q4_K_M.gguf --json
     """
-    from . import gguf, loader, store
+    from . import gguf, store
     from .progress import human_bytes
 
     spec = _resolve(model)
@@ -744,7 +744,7 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
       llmlocal embed messages.csv -o vectors.npy
       llmlocal embed -m gemma3-270m-base notes.txt -o vectors.jsonl
     """
-    from . import classify
+    from . import classify, embedding
 
     if output is not None and not output.endswith((".jsonl", ".npy", ".ndjson")):
         raise UsageError(f"cannot tell the output format of '{output}'", hint="name it .jsonl or .npy")
@@ -755,7 +755,7 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
                                    text_column=kw.pop("text_column"), id_column=kw.pop("id_column"))
     loaded = _load(kw, embeddings=True, n_seq_max=16)
     try:
-        vectors = classify.embed_texts(loaded.model, [i.text for i in items], normalize=not no_normalize)
+        vectors = embedding.embed_texts(loaded.model, [i.text for i in items], normalize=not no_normalize)
     finally:
         loaded.close()
     classify.write_embeddings(items, vectors, output=output)

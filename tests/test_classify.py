@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from llmlocal import classify, tabular
+from llmlocal import classify, embedding, fewshot, tabular
 from llmlocal.cli import cli
 from llmlocal.errors import ContextOverflowError, InputFormatError, UsageError
 
@@ -164,16 +164,16 @@ def test_select_examples_balanced_deterministic_and_shuffled():
 
 
 def test_template_parsing_and_rendering():
-    t = classify.Template.parse(classify.DEFAULT_TEMPLATE)
+    t = fewshot.Template.parse(fewshot.DEFAULT_TEMPLATE)
     assert t.header_parts("Sort into {labels}.", ["a", "b"]) == ("Sort into a, b.", "\n\n")
     assert t.example("x {label} y", "b") == "Text: x {label} y\nLabel: b"  # inserted text is not re-scanned
     assert t.query("hello") == ("Text: hello\nLabel:", " ")
-    custom = classify.Template.parse("Q: {text}\nA:{label}\n")  # no header, no space before the label
+    custom = fewshot.Template.parse("Q: {text}\nA:{label}\n")  # no header, no space before the label
     assert custom.header_parts("ignored", ["a", "b"]) == ("", "")
     assert custom.query("hi") == ("Q: hi\nA:", "")
     for bad in ("no placeholders", "{text} then nothing", "Header {label}\n{text} {label}", "{text}\n{label} after"):
         with pytest.raises(UsageError):
-            classify.Template.parse(bad)
+            fewshot.Template.parse(bad)
 
 
 def test_folds_and_holdout_are_stratified_and_fixed():
@@ -196,13 +196,13 @@ def test_logistic_regression_reaches_the_optimum():
     X = np.vstack([rng.normal(0, 1, (20, 5)) + 2, rng.normal(0, 1, (20, 5)) - 2, rng.normal(0, 1, (20, 5))])
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     y = [0] * 20 + [1] * 20 + [2] * 20
-    lr = classify.LogisticRegression(C=10.0).fit(X, y, 3)
+    lr = embedding.LogisticRegression(C=10.0).fit(X, y, 3)
     _, gW, gb = lr._objective(X, np.eye(3)[y], lr.W, lr.b)
     assert np.sqrt((gW ** 2).sum() + (gb ** 2).sum()) < 1e-4  # the gradient of the objective vanishes
     probs = lr.predict_proba(X)
     assert np.allclose(probs.sum(axis=1), 1)
     assert (probs.argmax(axis=1) == np.array(y)).mean() > 0.9
-    again = classify.LogisticRegression(C=10.0).fit(X, y, 3)
+    again = embedding.LogisticRegression(C=10.0).fit(X, y, 3)
     assert np.array_equal(again.W, lr.W)  # deterministic
 
 
@@ -211,7 +211,7 @@ def test_logistic_regression_reaches_the_optimum():
 _EQUIVALENCE_SCRIPT = r"""
 import json, os, sys
 import numpy as np
-from llmlocal import classify, loader
+from llmlocal import classify, fewshot, loader
 items, _ = classify.read_items(sys.argv[1], labelled=True)
 examples = [classify.Example(i.text, i.label, i.line) for i in items[:20]]
 texts = [i.text for i in items[20:30]]
@@ -223,14 +223,14 @@ for name in ("smollm2-135m", "gemma3-270m-base"):
                         (["positive review", "positive outlook"], examples[:4])):
         if exs and labels != ["ham", "spam"]:
             exs = [classify.Example(e.text, labels[e.label == "spam"], e.line) for e in exs]
-        clf = classify.PromptClassifier(m, labels, exs, parallel=8)
+        clf = fewshot.PromptClassifier(m, labels, exs, parallel=8)
         tokens = [clf.prompt.item_tokens(t) for t in texts]
         cached = clf.scorer.score(tokens)
         naive = clf.scorer.score_naive(tokens)
-        one = classify.PromptClassifier(m, labels, exs, parallel=1).scorer.score(tokens)
+        one = fewshot.PromptClassifier(m, labels, exs, parallel=1).scorer.score(tokens)
         out[f"{name} {labels}"] = {
-            "cached": classify.softmax(cached).tolist(), "naive": classify.softmax(naive).tolist(),
-            "parallel1": classify.softmax(one).tolist(),
+            "cached": fewshot.softmax(cached).tolist(), "naive": fewshot.softmax(naive).tolist(),
+            "parallel1": fewshot.softmax(one).tolist(),
             "label_tokens": clf.prompt.label_tokens, "prefix_tokens": len(clf.prompt.prefix)}
     loaded.close()
 print(json.dumps(out))
@@ -304,7 +304,7 @@ def test_examples_that_do_not_fit_the_context_fail_with_counts(installed):
     loaded = loader.load("smollm2-135m", n_seq_max=64, ctx=256)
     try:
         with pytest.raises(ContextOverflowError) as err:
-            classify.PromptClassifier(loaded.model, ["ham", "spam"], examples)
+            fewshot.PromptClassifier(loaded.model, ["ham", "spam"], examples)
     finally:
         loaded.close()
     message = str(err.value)
@@ -335,7 +335,7 @@ def test_cli_csv_in_csv_out_with_manifest(installed, files):
     assert meta["examples"]["sha256"] == classify.sha256_text_source(files["examples"])
     assert len(meta["examples"]["lines_used"][0]) == 8
     prompt = meta["classifiers"][0]["prompt"]
-    assert prompt["template"] == classify.DEFAULT_TEMPLATE and prompt["mode"] == "raw"
+    assert prompt["template"] == fewshot.DEFAULT_TEMPLATE and prompt["mode"] == "raw"
     assert meta["llmlocal_version"] and meta["llama_cpp_python_version"]
 
 
