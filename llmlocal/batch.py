@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, atomic, catalog, gguf, hardware, loader, runtime, store
+from . import __version__, atomic, catalog, gguf, loader, runtime, store
 from .engine import Engine, Request
 from .errors import (ContextOverflowError, InputFormatError, LlmlocalError, OutputNotWritableError,
                      ResumeMismatchError, UsageError)
@@ -35,7 +35,6 @@ from .runtime import Model, SamplingParams
 FORMAT = "llmlocal-batch/1"
 DEFAULT_PARALLEL = 8  # benchmarks/batch_bench.py on a 2-core machine: see the README
 MAX_PARALLEL = 64
-_MIN_CTX = 512
 _FSYNC_SECONDS = 2.0  # a crash loses at most this much finished work to the page cache
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # The job-level settings a resume must share with the run that wrote the output.
@@ -553,20 +552,6 @@ def _decode_in_order(model: Model, token_lists: list[list[int]], params: Samplin
                 next_out += 1
 
 
-def sequence_context(spec: catalog.ModelSpec, info: gguf.GGUFInfo, parallel: int) -> int:
-    """Default tokens per sequence: the model's default context, halved until ``parallel`` fit in RAM."""
-    ctx = min(spec.context if spec.source else 4096, info.context_length or 4096)
-    avail = hardware.available_memory()
-    wanted = ctx
-    if avail is not None:
-        while ctx > _MIN_CTX and gguf.estimate_memory(info, ctx * parallel).total_bytes > avail:
-            ctx //= 2
-    if ctx != wanted:
-        print(f"note: context reduced from {wanted} to {ctx} tokens per sequence so {parallel} sequences fit "
-              f"in available RAM (set --ctx to choose)", file=sys.stderr)
-    return ctx
-
-
 def run_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,
             ctx: int | None = None, threads: int | None = None, verbose: bool = False,
             parallel: int = DEFAULT_PARALLEL, sampling: dict[str, Any] | None = None,
@@ -606,7 +591,7 @@ def run_job(input: str, output: str, *, model: str | None = None, sha256: str | 
     if ctx is None and resuming and isinstance(old.get("params", {}).get("ctx"), int):
         ctx = old["params"]["ctx"]
     if ctx is None:
-        ctx = sequence_context(spec, gguf.read_gguf(store.model_file(spec)), parallel)
+        ctx = loader.choose_context(spec, gguf.read_gguf(store.model_file(spec)), None, sequences=parallel)
     settings = JobSettings(params=params, system=system, raw=raw, ctx=ctx)
     if resuming and not force:
         diffs = _differences(old, settings, None)

@@ -511,8 +511,8 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
         summary = batch.run_job(
             input, output, model=kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
             threads=kw.pop("threads"), verbose=kw.pop("verbose"),
-            parallel=batch.DEFAULT_PARALLEL if parallel is None else parallel, sampling=sampling, system=system, raw=raw,
-            ordered=ordered, force=force, progress=not quiet, input_format=input_format)
+            parallel=batch.DEFAULT_PARALLEL if parallel is None else parallel, sampling=sampling,
+            system=system, raw=raw, ordered=ordered, force=force, progress=not quiet, input_format=input_format)
     except batch.BatchInterrupted as stop:
         s = stop.summary
         click.echo(f"Interrupted: {s.skipped + s.written} of {s.total} lines are saved in {s.output}.", err=True)

@@ -52,8 +52,12 @@ class Loaded:
         self.model.close()
 
 
-def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None) -> int:
-    """The context to load with: ``requested``, or the default capped by training length and RAM."""
+def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, *, sequences: int = 1) -> int:
+    """The context to load with: ``requested``, or the default capped by training length and RAM.
+
+    With several ``sequences`` (parallel decoding) it is the context of each; the default is
+    halved until all of them fit in available RAM together.
+    """
     trained = info.context_length or 4096
     if requested is not None:
         if requested < 16:
@@ -64,10 +68,11 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None) 
     if avail is None:
         return ctx
     wanted = ctx
-    while ctx > _MIN_CTX and gguf.estimate_memory(info, ctx).total_bytes > avail:
+    while ctx > _MIN_CTX and gguf.estimate_memory(info, ctx * sequences).total_bytes > avail:
         ctx //= 2
     if ctx != wanted:
-        print(f"note: context reduced from {wanted} to {ctx} tokens to fit in available RAM "
+        what = f"tokens per sequence so {sequences} sequences fit" if sequences > 1 else "tokens to fit"
+        print(f"note: context reduced from {wanted} to {ctx} {what} in available RAM "
               f"(set --ctx to choose)", file=sys.stderr)
     return ctx
 
