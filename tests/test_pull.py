@@ -6,8 +6,10 @@ tests/hubsim.FakeHub on 127.0.0.1, then asserts the exit code, the single ``Erro
 exactly which files the store holds. Two facts about the client (huggingface_hub 2.4.0, see
 /work/shared/hub-facts.md) set the numbers below:
 
-- http_get writes whole 10 MiB reads only (``DOWNLOAD_CHUNK_SIZE``), so a partial file grows in
-  10 MiB steps and every resume starts at a multiple of 10 MiB; bytes in flight are lost.
+- http_get writes whole reads of ``DOWNLOAD_CHUNK_SIZE`` only, which store.py sets to 1 MiB
+  (``RESUME_STEP``; the library's default is 10 MiB), so a partial file grows in 1 MiB steps and
+  every resume starts at a multiple of 1 MiB; bytes in flight are lost. Faults cut at half a MiB
+  past a step, so what is kept does not depend on timing.
 - it retries a dropped connection (FIN) in-process, 6 tries 1 s apart, but not a reset (RST) or
   a CDN 5xx; store.py retries a Hub 5xx (backoff 1, 2, 4 ... s) but not a refused connection.
 """
@@ -30,10 +32,12 @@ from click.testing import CliRunner
 
 from llmlocal.catalog import ModelSpec, entry_toml
 from llmlocal.cli import cli
+from llmlocal.store import RESUME_STEP
 from tests.hubsim import FakeHub
 
 MiB = 2**20
-STEP = 10 * MiB  # huggingface_hub's DOWNLOAD_CHUNK_SIZE: where a resume can start
+STEP = RESUME_STEP  # where a resume can start (huggingface_hub's DOWNLOAD_CHUNK_SIZE, set by store.py)
+HALF = MiB // 2
 REPO = "llmlocal-test/Fake-GGUF"
 FILE = "fake.Q4_0.gguf"
 NAME = "fake"
@@ -51,7 +55,7 @@ def small() -> bytes:
 
 @pytest.fixture(scope="module")
 def big() -> bytes:
-    """16 MiB of random bytes: past one 10 MiB step, so a resume sends a Range."""
+    """16 MiB of random bytes: many resume steps, so a resume sends a Range."""
     return random.Random(2).randbytes(16 * MiB)
 
 
@@ -169,7 +173,7 @@ def test_pull_installs_verified_blob_and_second_pull_makes_no_request(hub, home,
 
 def test_connection_dropped_once_is_resumed_in_process(hub, home, big):
     publish(hub, home, big)
-    hub.set_fault(FILE, drop_after=12 * MiB, times=1)
+    hub.set_fault(FILE, drop_after=12 * MiB + HALF, times=1)
 
     # A real process: huggingface_hub's own log handler writes to the process's stderr, which
     # CliRunner does not capture. Its "Error while downloading ... Trying to resume" stays quiet.
@@ -179,7 +183,7 @@ def test_connection_dropped_once_is_resumed_in_process(hub, home, big):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         f"fake: installed and verified (16.8 MB from hub, sha256 {sha256(big)[:12]}…)"]
-    assert cdn_log(hub) == [(None, 200, 12 * MiB), (f"bytes={STEP}-", 206, len(big) - STEP)]
+    assert cdn_log(hub) == [(None, 200, 12 * MiB + HALF), (f"bytes={12 * MiB}-", 206, len(big) - 12 * MiB)]
     assert_blob(home, big)
 
 
@@ -221,16 +225,16 @@ def test_unpinned_hf_reference_prints_and_records_the_computed_hash(hub, home, s
 # ------------------------------------------------------------------ transfer faults
 
 
-def test_connection_dropped_every_time_before_10_mib_keeps_nothing_to_resume(hub, home, big):
-    """Each try ends before the client's first 10 MiB write: 6 tries, an empty partial, and the
-    next pull starts again from byte 0. (A drop every 12 MiB would complete: each try adds 10 MiB.)"""
+def test_connection_dropped_every_time_before_one_step_keeps_nothing_to_resume(hub, home, big):
+    """Each try ends before the client's first 1 MiB write: 6 tries, an empty partial, and the
+    next pull starts again from byte 0."""
     publish(hub, home, big)
-    hub.set_fault(FILE, drop_after=4 * MiB)
+    hub.set_fault(FILE, drop_after=HALF)
 
     result = pull(NAME, "--quiet")
 
     assert_error(result, "the connection broke off while downloading 'fake': RemoteProtocolError")
-    assert cdn_log(hub) == [(None, 200, 4 * MiB)] * 6
+    assert cdn_log(hub) == [(None, 200, HALF)] * 6
     assert on_disk(home) == partial_only(big, 0)
 
     hub.set_fault(FILE)
@@ -242,18 +246,36 @@ def test_connection_dropped_every_time_before_10_mib_keeps_nothing_to_resume(hub
     assert_blob(home, big)
 
 
+def test_a_link_that_drops_every_4_mib_still_completes(hub, home, big):
+    """With huggingface_hub's 10 MiB writes this pull could never finish: every try lost its
+    bytes. With 1 MiB writes each try keeps 4 MiB and the next one resumes after them."""
+    publish(hub, home, big)
+    hub.set_fault(FILE, drop_after=4 * MiB + HALF)
+
+    result = subprocess.run([sys.executable, "-m", "llmlocal", "pull", NAME, "--quiet"],
+                            capture_output=True, text=True, env=dict(os.environ))
+
+    assert result.returncode == 0, result.stderr
+    assert cdn_log(hub) == [(None, 200, 4 * MiB + HALF), (f"bytes={4 * MiB}-", 206, 4 * MiB + HALF),
+                            (f"bytes={8 * MiB}-", 206, 4 * MiB + HALF), (f"bytes={12 * MiB}-", 206, 4 * MiB)]
+    assert_blob(home, big)
+
+
 def test_reset_mid_body_keeps_the_partial_and_the_next_pull_resumes(hub, home, big):
     publish(hub, home, big)
-    hub.throttle(16 * MiB)  # paced, so the client has read its first 10 MiB when the RST lands
-    hub.set_fault(FILE, reset_after=14 * MiB)
+    hub.throttle(16 * MiB)  # paced, so the client has read most of what was sent when the RST lands
+    hub.set_fault(FILE, reset_after=14 * MiB + HALF)
 
     result = pull(NAME, "--quiet")
 
     assert_error(result, "the connection broke off while downloading 'fake': ReadError")
     assert "  hint: run the same pull again to resume" in result.stderr
-    assert cdn_log(hub) == [(None, 200, 14 * MiB)]  # a reset is not retried in-process
-    assert on_disk(home) == partial_only(big, STEP)
-    assert partial_bytes(home, big) == big[:STEP]
+    assert cdn_log(hub) == [(None, 200, 14 * MiB + HALF)]  # a reset is not retried in-process
+    # A RST discards what the client had not read yet, so how much reached disk varies a little.
+    kept = len(partial_bytes(home, big))
+    assert kept % STEP == 0 and 8 * MiB <= kept <= 14 * MiB
+    assert on_disk(home) == partial_only(big, kept)
+    assert partial_bytes(home, big) == big[:kept]
 
     hub.set_fault(FILE)
     hub.throttle(None)
@@ -261,38 +283,39 @@ def test_reset_mid_body_keeps_the_partial_and_the_next_pull_resumes(hub, home, b
     again = pull(NAME, "--quiet")
 
     assert again.exit_code == 0, again.output
-    assert f"resuming fake from {STEP:,} bytes" in again.stderr
-    assert "installed and verified (resumed at 10.5 MB, 16.8 MB from hub" in again.stderr
-    assert cdn_log(hub) == [(f"bytes={STEP}-", 206, len(big) - STEP)]
+    assert f"resuming fake from {kept:,} bytes" in again.stderr
+    assert f"installed and verified (resumed at {kept / 1e6:.1f} MB, 16.8 MB from hub" in again.stderr
+    assert cdn_log(hub) == [(f"bytes={kept}-", 206, len(big) - kept)]
     assert_blob(home, big)
 
 
 def test_short_body_every_time_keeps_the_partial_and_resumes_once_fixed(hub, home, big):
     publish(hub, home, big)
-    hub.set_fault(FILE, short_body=12 * MiB)  # the CDN object is truncated at 12 MiB
+    hub.set_fault(FILE, short_body=12 * MiB + HALF)  # the CDN object is truncated at 12.5 MiB
 
     result = pull(NAME, "--quiet")
 
     assert_error(result, "the connection broke off while downloading 'fake': RemoteProtocolError")
-    assert cdn_log(hub) == [(None, 200, 12 * MiB)] + [(f"bytes={STEP}-", 206, 2 * MiB)] * 5
-    assert on_disk(home) == partial_only(big, STEP)
-    assert partial_bytes(home, big) == big[:STEP]
+    assert cdn_log(hub) == [(None, 200, 12 * MiB + HALF)] + [(f"bytes={12 * MiB}-", 206, HALF)] * 5
+    assert on_disk(home) == partial_only(big, 12 * MiB)
+    assert partial_bytes(home, big) == big[:12 * MiB]
 
     hub.set_fault(FILE)
     hub.clear_requests()
     again = pull(NAME, "--quiet")
 
     assert again.exit_code == 0, again.output
-    assert cdn_log(hub) == [(f"bytes={STEP}-", 206, len(big) - STEP)]
+    assert cdn_log(hub) == [(f"bytes={12 * MiB}-", 206, len(big) - 12 * MiB)]
     assert_blob(home, big)
 
 
 def test_ignored_range_on_resume_rewinds_the_partial_and_verifies(hub, home, big):
     publish(hub, home, big)
     hub.throttle(16 * MiB)
-    hub.set_fault(FILE, reset_after=14 * MiB)
+    hub.set_fault(FILE, reset_after=14 * MiB + HALF)
     assert pull(NAME, "--quiet").exit_code == 1
-    assert on_disk(home) == partial_only(big, STEP)
+    kept = len(partial_bytes(home, big))
+    assert kept >= STEP and on_disk(home) == partial_only(big, kept)
 
     hub.throttle(None)
     hub.set_fault(FILE, ignore_range=True)
@@ -300,7 +323,7 @@ def test_ignored_range_on_resume_rewinds_the_partial_and_verifies(hub, home, big
     result = pull(NAME, "--quiet")
 
     assert result.exit_code == 0, result.output
-    assert cdn_log(hub) == [(f"bytes={STEP}-", 200, len(big))]  # asked to resume, got it all
+    assert cdn_log(hub) == [(f"bytes={kept}-", 200, len(big))]  # asked to resume, got it all
     assert_blob(home, big)
 
 
@@ -466,7 +489,7 @@ def test_pull_killed_midway_resumes_in_the_next_process(hub, home, tmp_path, pro
     partial = home / "blobs" / f"sha256-{sha256(data)}.partial"
 
     proc, err = start_pull(tmp_path, procs, "first")
-    while proc.poll() is None and size_of(partial) < STEP:  # half the file is on disk
+    while proc.poll() is None and size_of(partial) < 10 * MiB:  # half the file is on disk
         time.sleep(0.02)
     hub.throttle(1024)  # hold the transfer where it is while the signal is delivered
     proc.send_signal(sig)
@@ -478,8 +501,10 @@ def test_pull_killed_midway_resumes_in_the_next_process(hub, home, tmp_path, pro
     else:
         assert proc.returncode == 130
         assert "Interrupted." in err.read_text() and "Traceback" not in err.read_text()
-    assert on_disk(home) == partial_only(data, STEP)
-    assert partial.read_bytes() == data[:STEP]
+    kept = size_of(partial)  # a step or two more may have landed before the signal
+    assert kept % STEP == 0 and 10 * MiB <= kept < len(data)
+    assert on_disk(home) == partial_only(data, kept)
+    assert partial.read_bytes() == data[:kept]
 
     hub.throttle(None)
     hub.clear_requests()
@@ -487,9 +512,9 @@ def test_pull_killed_midway_resumes_in_the_next_process(hub, home, tmp_path, pro
 
     assert result.exit_code == 0, result.output
     second_run = hub.bytes_sent(FILE)
-    assert cdn_log(hub) == [(f"bytes={STEP}-", 206, len(data) - STEP)]
+    assert cdn_log(hub) == [(f"bytes={kept}-", 206, len(data) - kept)]
     assert_blob(home, data)
-    print(f"\n{sig.name}: file {len(data):,} B, first run sent {first_run:,} B and kept {STEP:,} B, "
+    print(f"\n{sig.name}: file {len(data):,} B, first run sent {first_run:,} B and kept {kept:,} B, "
           f"second run fetched {second_run:,} B")
 
 
@@ -531,7 +556,7 @@ def test_disk_full_mid_download_keeps_a_resumable_partial(hub, home, tmp_path, p
         publish(hub, store, big)
         hub.throttle(4 * MiB)
         # The space pre-check sees 24 MiB free for a 16 MiB file; the filler, written once the
-        # transfer has started, leaves room for the first 10 MiB write but not the rest.
+        # transfer has started, leaves room for the first writes but not the rest.
         proc, err = start_pull(tmp_path, procs, "full")
         while proc.poll() is None and not cdn_log(hub):
             time.sleep(0.02)
