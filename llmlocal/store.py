@@ -445,6 +445,10 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
             except (hf.HfHubHTTPError, httpx2.TransportError) as exc:
                 if not _worth_retrying(exc):
                     raise
+                # Say so: huggingface_hub's backoff (1, 2, 4, 8, 8 s) is otherwise 23 s of silence.
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                answer = f"answered {status}" if status else f"failed ({type(exc).__name__})"
+                print(f"{spec.name}: the Hub {answer}; retrying for up to 23 s", file=sys.stderr)
                 meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
     except hf_errors as exc:
         raise _hub_error(spec, exc) from exc

@@ -206,6 +206,7 @@ def test_hub_500_twice_is_retried(hub, home, small):
 
     assert result.exit_code == 0, result.output
     assert resolve_log(hub) == [500, 500, 302]
+    assert "fake: the Hub answered 500; retrying for up to 23 s" in result.stderr  # not a silent wait
     assert_blob(home, small)
 
 
