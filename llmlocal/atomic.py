@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .errors import OutputNotWritableError
+
 CHUNK = 1 << 20  # hash and copy in 1 MiB steps: never read a model into memory
 
 
@@ -51,3 +53,29 @@ def sha256_file(path: str | os.PathLike[str], *, progress=None) -> str:
             if progress is not None:
                 progress(len(chunk))
     return digest.hexdigest()
+
+
+def check_writable(output: str | os.PathLike[str]) -> None:
+    """Fail now, before any work, if ``output`` (or a sidecar beside it) could not be written.
+
+    It really creates and removes a file beside it: permission bits alone do not tell (root
+    ignores them, an immutable directory refuses even root).
+
+    Raises:
+        OutputNotWritableError
+    """
+    path = Path(output)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputNotWritableError(str(path), f"directory {parent} does not exist")
+    if path.is_dir():
+        raise OutputNotWritableError(str(path), "it is a directory")
+    try:  # the sidecar is written beside it through a temporary file
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(tmp)
+        if path.exists():
+            with open(path, "ab"):
+                pass
+    except OSError as exc:
+        raise OutputNotWritableError(str(path), exc.strerror or str(exc)) from None

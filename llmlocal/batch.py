@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -27,8 +26,8 @@ from typing import IO, Any
 
 from . import __version__, atomic, catalog, gguf, loader, runtime, store
 from .engine import Engine, Request
-from .errors import (ContextOverflowError, InputFormatError, LlmlocalError, OutputNotWritableError,
-                     ResumeMismatchError, UsageError)
+from .errors import (ContextOverflowError, InputFormatError, LlmlocalError, ResumeMismatchError,
+                     UsageError)
 from .generate import Completion, build_prompt, fit_prompt, tokenize_prompt
 from .runtime import Model, SamplingParams
 
@@ -264,25 +263,6 @@ def inspect_output(output: str | os.PathLike[str]) -> OutputState:
     state.keep_bytes = offset
     state.torn_bytes = len(data) - offset
     return state
-
-
-def check_writable(output: str | os.PathLike[str]) -> None:
-    """Fail now, before loading anything, if results or the sidecar could not be written."""
-    path = Path(output)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputNotWritableError(str(path), f"directory {parent} does not exist")
-    if path.is_dir():
-        raise OutputNotWritableError(str(path), "it is a directory")
-    try:  # the sidecar is written beside it through a temporary file
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(tmp)
-        if path.exists():
-            with open(path, "ab"):
-                pass
-    except OSError as exc:
-        raise OutputNotWritableError(str(path), exc.strerror or str(exc)) from None
 
 
 def _differences(old: dict, settings: JobSettings, sha256: str | None) -> list[str]:
@@ -572,7 +552,7 @@ def run_job(input: str, output: str, *, model: str | None = None, sha256: str | 
         raise UsageError("batch writes to a file it can resume from; give -o FILE")
     if ctx is not None and ctx < 16:
         raise UsageError(f"--ctx {ctx} is too small")
-    check_writable(output)
+    atomic.check_writable(output)
     state = inspect_output(output)
     if state.lines and state.meta is None and not force:
         raise ResumeMismatchError(str(output), [f"it has {state.lines} lines but no {meta_path(output).name}"])

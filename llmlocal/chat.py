@@ -161,7 +161,7 @@ class ChatSession:
         if dropped and not self._noted_drop:
             self._noted_drop = True
             self._note(f"note: dropped {dropped} old turn{'s' if dropped != 1 else ''} to fit the context")
-        cached = self._shared_prefix(tokens)
+        cached = self.generator.reusable(tokens)
         pieces: list[str] = []
         started = first_at = time.perf_counter()
         stream = self.generator.stream(tokens, self.params)
@@ -233,13 +233,6 @@ class ChatSession:
             raise UsageError(f"the chat template rejected the conversation: {exc}",
                              hint="try another template with --template NAME") from None
         return tokenize_prompt(self.model, text, raw=False)
-
-    def _shared_prefix(self, tokens: list[int]) -> int:
-        cached, n = self.generator.cached, 0
-        limit = min(len(cached), len(tokens) - 1)
-        while n < limit and cached[n] == tokens[n]:
-            n += 1
-        return n
 
     def _note(self, text: str) -> None:
         if self.on_note is not None:

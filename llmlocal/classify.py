@@ -550,16 +550,11 @@ def manifest(job: Job, result: Run, *, model_name: str, model_sha256: str | None
 
 
 def check_output(path: str | None) -> None:
-    """Refuse, before any work, an output file that could not be written."""
-    if path is None or path == "-":
-        return
-    import os
+    """Refuse, before any work, an output file that could not be written (stdout is always fine)."""
+    if path is not None and path != "-":
+        from .atomic import check_writable
 
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {path}: directory {parent} is not writable")
+        check_writable(path)
 
 
 def write_outputs(job: Job, result: Run, meta: dict, *, output: str | None, fmt: str,

@@ -18,7 +18,6 @@ KV cache while in use: sequences ``0 .. n_parallel-1`` are its slots.
 from __future__ import annotations
 
 import codecs
-import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -26,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ContextOverflowError, UsageError
-from .generate import Completion, _StopFilter
+from .generate import Completion, _StopFilter, common_prefix
 from .runtime import Model, Sampler, SamplingParams
 
 # Wait for another sequence to evaluate a shared prompt start only if it saves this many tokens:
@@ -362,11 +361,11 @@ class Engine:
         for other in self._slots:
             if other is slot or other.free or other.waiting_on is not None:
                 continue
-            ready = _common_prefix(want, other.tokens, other.n_past)
+            ready = common_prefix(want, other.tokens, other.n_past)
             if ready > best_now:
                 best_now, src_now = ready, other
             if other.admitted_order < slot.admitted_order and other.n_past < other.n_prompt:
-                later = _common_prefix(want, other.tokens, other.n_prompt)
+                later = common_prefix(want, other.tokens, other.n_prompt)
                 if later > best_later:
                     best_later, src_later = later, other
         if src_later is not None and best_later - best_now >= _MIN_WAIT_SHARE:
@@ -464,11 +463,3 @@ class Engine:
             if other.waiting_on is slot:  # what it waited for is gone: take the best there is now
                 other.waiting_on = None
                 self._plan_share(other)
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    """Length of the common start of ``a`` and ``b[:limit]``."""
-    n = min(len(a), limit)
-    if n <= 0:
-        return 0
-    return len(os.path.commonprefix([a[:n], b[:n]]))

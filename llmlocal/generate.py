@@ -7,6 +7,7 @@ evaluates only what differs from them: a chat turn re-uses the whole conversatio
 from __future__ import annotations
 
 import codecs
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -86,6 +87,14 @@ class _StopFilter:
         return out
 
 
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common start of ``a`` and ``b``, at most ``limit``."""
+    n = min(len(a), limit)
+    if n <= 0:
+        return 0
+    return len(os.path.commonprefix([a[:n], b[:n]]))
+
+
 class Generator:
     """Generates on one sequence of a Model, re-using the KV cache of the common prefix."""
 
@@ -98,12 +107,13 @@ class Generator:
         self.model.kv_remove(self.seq_id)
         self.cached = []
 
+    def reusable(self, tokens: list[int]) -> int:
+        """How many leading ``tokens`` are already in the cache (the last one is always evaluated)."""
+        return common_prefix(tokens, self.cached, len(tokens) - 1)
+
     def _prepare(self, tokens: list[int]) -> int:
         """Keep the cached prefix shared with ``tokens`` (at least one token must be evaluated)."""
-        n = 0
-        limit = min(len(self.cached), len(tokens) - 1)
-        while n < limit and self.cached[n] == tokens[n]:
-            n += 1
+        n = self.reusable(tokens)
         # Anything after the shared prefix (including a token decoded just before a Ctrl-C) goes.
         # ``cached`` shrinks before the KV cache does and grows only after it, so a Ctrl-C between
         # any two steps leaves it a prefix of what the cache holds, never a claim beyond it.
