@@ -349,11 +349,16 @@ class Job:
 
     def load_options(self) -> dict:
         """Keyword arguments for ``loader.load``: the context this job's method needs."""
-        if self.settings.method == "embed":
-            return {"embeddings": True, "n_seq_max": 16}
-        # Sequence 0 holds the prompt prefix, the last one ballast; the rest are per-item copies.
-        # No repacked weights: their kernels would make an item's numbers depend on its batch.
-        return {"n_seq_max": 64, "extra_buffers": False}
+        return load_options(self.settings.method)
+
+
+def load_options(method: str) -> dict:
+    """Keyword arguments for ``loader.load``: the context classification by ``method`` needs."""
+    if method == "embed":
+        return {"embeddings": True, "n_seq_max": 16}
+    # Sequence 0 holds the prompt prefix, the last one ballast; the rest are per-item copies.
+    # No repacked weights: their kernels would make an item's numbers depend on its batch.
+    return {"n_seq_max": 64, "extra_buffers": False}
 
 
 def prepare(input_path: str | None, *, labels: Sequence[str] | None = None, examples_path: str | None = None,

@@ -763,6 +763,56 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
                + (f" written to {output}" if output else ""), err=True)
 
 
+# ---------------------------------------------------------------- server
+
+
+@cli.command("serve")
+@click.option("--model", "-m", "models", multiple=True, metavar="MODEL",
+              help="Load this model at start (repeatable); the first answers requests that name no model. "
+              "Other installed models load on first request.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 exposes it to your network: use --api-key).")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--api-key", envvar="LLMLOCAL_API_KEY", metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' (also LLMLOCAL_API_KEY).")
+@click.option("--parallel", "-p", type=int, default=8, show_default=True,
+              help="Requests decoded together per model; each gets --ctx tokens.")
+@click.option("--ctx", type=int, help="Context per request in tokens [default: 4096, or the model's own if "
+              "less, fitted to RAM].")
+@click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores).")
+@click.option("--max-models", type=int, default=2, show_default=True,
+              help="Models kept loaded; another evicts the least recently used idle one.")
+@click.option("--max-body-mb", type=float, default=8, show_default=True, help="Largest request body accepted.")
+@click.option("--log-requests", is_flag=True, help="Print a line per request.")
+@click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines.")
+def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None, parallel: int, ctx: int | None,
+              threads: int | None, max_models: int, max_body_mb: float, log_requests: bool, verbose: bool) -> None:
+    """Serve an OpenAI-compatible API: point any OpenAI client at http://127.0.0.1:8080/v1.
+
+    \b
+    Endpoints: GET /v1/models, POST /v1/chat/completions, /v1/completions,
+    /v1/embeddings, /v1/classify (labels with probabilities), GET /health.
+
+    \b
+    Examples:
+      llmlocal serve
+      llmlocal serve -m smollm2-135m -m gemma3-270m-base --parallel 8
+      LLMLOCAL_API_KEY=secret llmlocal serve --host 0.0.0.0
+    """
+    from . import server
+    from .pool import PoolOptions
+
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a port number (0-65535)")
+    if max_body_mb <= 0:
+        raise UsageError("--max-body-mb must be positive")
+    if ctx is not None and ctx < 16:
+        raise UsageError(f"--ctx {ctx} is too small")
+    options = PoolOptions(parallel=parallel, ctx=ctx, threads=threads, max_models=max_models, verbose=verbose)
+    server.serve(list(models), host=host, port=port, api_key=api_key, options=options,
+                 max_body=int(max_body_mb * 1024 * 1024), debug=_debug_enabled(), log_requests=log_requests)
+
+
 def main() -> None:
     cli(prog_name="llmlocal")
 

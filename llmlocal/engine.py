@@ -112,6 +112,7 @@ class EngineStats:
     gen_tokens: int = 0  # tokens sampled
     finished: int = 0
     failed: int = 0
+    peak_active: int = 0  # the most requests that held slots at once
 
 
 @dataclass
@@ -225,6 +226,7 @@ class Engine:
         """Admit queued requests to free slots, run one decode, sample; return what happened."""
         events: list[Event] = []
         self._admit(events)
+        self.stats.peak_active = max(self.stats.peak_active, self.active)
         self._resolve_sharing()
         # How many tokens each slot evaluates: one generation token for every generating slot
         # (no sequence stalls), then prompt chunks in admission order filling the rest of n_batch.

@@ -124,6 +124,10 @@ class InsufficientMemoryError(LlmlocalError, MemoryError):
     """The model and its KV cache would not fit in available RAM."""
 
 
+class BusyError(LlmlocalError, RuntimeError):
+    """A long-running server cannot take the request now (every model slot is in use)."""
+
+
 class ContextOverflowError(LlmlocalError, ValueError):
     """A prompt (plus room to generate) does not fit the context window."""
 

@@ -277,7 +277,6 @@ class Model:
         self.kv_unified = bool(cparams.kv_unified)
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(options.n_batch, 0, max(options.n_seq_max, 1))
-        self._piece_buf = ctypes.create_string_buffer(256)
         self.load_seconds = time.perf_counter() - started
 
     # -- lifetime
@@ -320,12 +319,14 @@ class Model:
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes of one token (may be part of a UTF-8 character)."""
-        n = self._lib.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, special)
+        # A buffer per call, not per model: the server renders chat templates (which ask for the
+        # BOS/EOS text) on other threads while the engine thread turns tokens into text.
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self.vocab, token, big, -n, 0, special)
-            return big.raw[:n]
-        return self._piece_buf.raw[:n]
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
 
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
         return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")

@@ -80,11 +80,15 @@ class Tripwire:
         self.log = root / "attempts.log"
         self.armed = root / "armed.log"
 
-    def run(self, *argv: str, input: str | None = None) -> subprocess.CompletedProcess:
+    def env(self) -> dict[str, str]:
         env = os.environ.copy()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.dir), env.get("PYTHONPATH")]))
         env["LLMLOCAL_TRIPWIRE_LOG"] = str(self.log)
         env["LLMLOCAL_TRIPWIRE_ARMED"] = str(self.armed)
+        return env
+
+    def run(self, *argv: str, input: str | None = None) -> subprocess.CompletedProcess:
+        env = self.env()
         before = self.armed_count()
         stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         result = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, **stdin)
@@ -147,6 +151,39 @@ def test_installed_model_commands_make_no_connection(installed, tripwire, tmp_pa
         assert result.stdout.strip()
     if argv[0] == "batch":
         assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+
+
+def test_serve_makes_no_connection(installed, tripwire) -> None:
+    """The server listens and answers; it never connects out, whatever its clients ask for."""
+    import json
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "llmlocal", "serve", "--port", "0", "-m", "smollm2-135m",
+                             "--ctx", "512"], env=tripwire.env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert " serving on " in line, line + proc.stderr.read()
+        base = line.split(" serving on ")[1].split()[0]
+        requests = {
+            "chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0},
+            "completions": {"prompt": "The sky is", "max_tokens": 4, "stream": True},
+            "embeddings": {"input": "hello"},
+            "classify": {"input": ["Free cash now"], "examples": [{"text": "Win a prize", "label": "spam"},
+                                                                  {"text": "See you soon", "label": "ham"}]},
+        }
+        for path, body in requests.items():
+            req = urllib.request.Request(f"{base}/{path}", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req) as reply:  # the test connects in; the server must not connect out
+                assert reply.status == 200 and reply.read()
+        with urllib.request.urlopen(f"{base}/models") as reply:
+            assert "smollm2-135m" in reply.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    assert tripwire.armed_count() >= 1
+    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
 
 
 def test_default_model_first_use_is_offline(home, tripwire) -> None:

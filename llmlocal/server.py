@@ -1,0 +1,472 @@
+"""``llmlocal serve``: an OpenAI-compatible HTTP API on Starlette + uvicorn.
+
+HTTP only: bodies are checked and shaped by :mod:`llmlocal.openai_format`, models are held by
+:mod:`llmlocal.pool`, generation runs on each model's engine thread. Concurrent generation
+requests for one model decode together (continuous batching), not one at a time behind a lock.
+
+Every error is an OpenAI error body (``{"error": {"message", "type", "param", "code"}}``) with
+OpenAI's status code; a bug is a 500 with one line, never a traceback (that goes to the server's
+stderr with ``--debug``). A client that disconnects frees its engine slot at the next step.
+This is the only module that imports starlette and uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import socket
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from . import __version__, classify, generate, loader, store
+from . import openai_format as oai
+from .engine import Failed, Finished, Request as EngineRequest, TokenText
+from .errors import (
+    BusyError,
+    ContextOverflowError,
+    InsufficientMemoryError,
+    LlmlocalError,
+    NotInstalledError,
+    UnknownModelError,
+    UsageError,
+)
+from .pool import ModelPool, PoolOptions, Resident
+from .worker import Ticket
+
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    api_key: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    default_model: str | None = None  # for requests that name none
+    debug: bool = False
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _api_error(exc: BaseException) -> oai.ApiError:
+    """The API's answer to an exception a request raised."""
+    if isinstance(exc, oai.ApiError):
+        return exc
+    message = str(exc) + (f"; {exc.hint}" if getattr(exc, "hint", None) else "")
+    if isinstance(exc, UnknownModelError):
+        return oai.ApiError(404, f"The model '{exc.name}' does not exist; `llmlocal models` lists the catalogue",
+                            code="model_not_found", param="model")
+    if isinstance(exc, NotInstalledError):
+        return oai.ApiError(404, f"The model '{exc.name}' is not installed on this server; "
+                            f"run `llmlocal pull {exc.name}` on it", code="model_not_found", param="model")
+    if isinstance(exc, ContextOverflowError):
+        return oai.ApiError(400, message, code="context_length_exceeded")
+    if isinstance(exc, UsageError):
+        return oai.ApiError(400, message)
+    if isinstance(exc, (BusyError, InsufficientMemoryError)):
+        return oai.ApiError(503, message, type="server_error", code="overloaded")
+    if isinstance(exc, LlmlocalError):
+        return oai.ApiError(500, message, type="server_error")
+    return oai.ApiError(500, f"internal error: {exc.__class__.__name__}: {exc}", type="server_error")
+
+
+def _error_response(err: oai.ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+# ---------------------------------------------------------------- request plumbing
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing one over ``limit`` bytes before reading all of it."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise oai.ApiError(400, "invalid Content-Length header") from None
+        if declared > limit:
+            raise oai.ApiError(413, f"request body is {declared} bytes; this server accepts at most {limit} "
+                               "(--max-body-mb)", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise oai.ApiError(413, f"request body exceeds {limit} bytes (--max-body-mb)", code="request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise oai.ApiError(400, "the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise oai.ApiError(400, "the request body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise oai.ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                           f"column {exc.colno}") from None
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    """Return when the client goes away (the request body has been read by then)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _Events:
+    """A ticket's engine events, delivered from the engine thread onto this event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def deliver(self, event: Any) -> None:  # engine thread
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def next(self) -> Any:
+        return await self._queue.get()
+
+
+def _sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+class _EventStream:
+    """A server-sent-event response that notices a client going away while it waits for tokens.
+
+    Starlette's StreamingResponse notices only when a write fails (ASGI 2.4), which for a slow
+    generation can be many tokens later; this watches ``http.disconnect`` alongside. ``on_close``
+    runs however the stream ends: finished, failed, or abandoned by the client.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        self._chunks, self._on_close = chunks, on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]})
+            async with anyio.create_task_group() as group:
+                async def watch() -> None:
+                    await _until_disconnect(receive)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                try:
+                    async for chunk in self._chunks:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except OSError:  # the connection broke mid-write
+                    pass
+                group.cancel_scope.cancel()
+        finally:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+            self._on_close()
+
+
+# ---------------------------------------------------------------- the application
+
+
+class Api:
+    """The endpoints, bound to one pool and its settings."""
+
+    def __init__(self, pool: ModelPool, settings: ServerSettings) -> None:
+        self.pool, self.settings = pool, settings
+        self.started = int(time.time())
+
+    # -- cross-cutting: auth, body, errors
+
+    def _authorised(self, request: Request) -> bool:
+        key = self.settings.api_key
+        if not key:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        # compare_digest: the time taken does not reveal how much of a guessed key was right.
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+    def endpoint(self, handler: Callable[[Request, Any], Awaitable[Response]], *, body: bool = True,
+                 auth: bool = True) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                if auth and not self._authorised(request):
+                    raise oai.ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' "
+                                       "with the key the server was started with", code="invalid_api_key")
+                payload = await _read_json(request, self.settings.max_body) if body else None
+                return await handler(request, payload)
+            except Exception as exc:  # every failure is an OpenAI error body, never a traceback
+                err = _api_error(exc)
+                if err.status >= 500 and self.settings.debug:
+                    traceback.print_exception(exc)
+                return _error_response(err)
+
+        return wrapped
+
+    def _model_name(self, requested: str | None) -> str:
+        name = requested or self.settings.default_model or loader.default_model()
+        return name
+
+    async def _acquire(self, requested: str | None) -> Resident:
+        return await anyio.to_thread.run_sync(self.pool.acquire, self._model_name(requested))
+
+    # -- endpoints
+
+    async def health(self, request: Request, _body: Any) -> Response:
+        loaded = [{"model": r.name, "active": r.worker.outstanding, "parallel": r.worker.engine.n_parallel,
+                   "context_per_request": r.n_ctx_seq, "peak_parallel": r.worker.engine.stats.peak_active,
+                   "cancelled": r.worker.cancelled} for r in self.pool.loaded()]
+        return JSONResponse({"status": "ok", "version": __version__, "models": loaded})
+
+    async def models(self, request: Request, _body: Any) -> Response:
+        return JSONResponse(oai.models_response(await anyio.to_thread.run_sync(self._installed)))
+
+    async def model(self, request: Request, _body: Any) -> Response:
+        name = request.path_params["model"]
+        for entry, created in await anyio.to_thread.run_sync(self._installed):
+            if entry == name:
+                return JSONResponse(oai.model_entry(entry, created))
+        raise oai.ApiError(404, f"The model '{name}' does not exist or is not installed", code="model_not_found",
+                           param="model")
+
+    def _installed(self) -> list[tuple[str, int]]:
+        """Installed models (and resident ones, e.g. a file given with -m), with a creation time."""
+        seen: dict[str, int] = {}
+        for inst in store.installed_models():
+            try:
+                created = int(inst.path.stat().st_mtime)
+            except OSError:
+                created = 0
+            seen[inst.name] = created
+        for resident in self.pool.loaded():
+            seen.setdefault(resident.name, self.started)
+        return sorted(seen.items())
+
+    async def chat_completions(self, request: Request, body: Any) -> Response:
+        return await self._generate(request, oai.parse_chat(body))
+
+    async def completions(self, request: Request, body: Any) -> Response:
+        return await self._generate(request, oai.parse_completion(body))
+
+    async def _generate(self, request: Request, req: oai.GenerationRequest) -> Response:
+        resident = await self._acquire(req.model)
+        try:
+            tokens = await anyio.to_thread.run_sync(self._prompt_tokens, resident, req)
+            max_tokens = oai.fit_max_tokens(len(tokens), resident.n_ctx_seq, req.max_tokens)
+            params = replace(req.params, max_tokens=max_tokens)
+            events = _Events()
+            ticket = Ticket(EngineRequest(tokens, params), events.deliver)
+            head = oai.ResponseHead(req.kind, resident.name)
+        except BaseException:
+            self.pool.release(resident)
+            raise
+        resident.worker.submit(ticket)
+        if req.stream:
+            return _EventStream(self._stream(resident, ticket, events, head, req.include_usage),
+                                on_close=lambda: self._end(resident, ticket))  # type: ignore[return-value]
+        try:
+            completion = await self._wait(request, ticket, events)
+        finally:
+            self._end(resident, ticket)
+        return JSONResponse(head.response(completion.text, completion.finish_reason,
+                                          oai.usage(completion.prompt_tokens, completion.completion_tokens,
+                                                    completion.cached_tokens)))
+
+    def _prompt_tokens(self, resident: Resident, req: oai.GenerationRequest) -> list[int]:
+        model = resident.model
+        if req.kind == "completion":
+            if not req.prompt:
+                raise oai.ApiError(400, "'prompt' is empty", param="prompt")
+            return generate.tokenize_prompt(model, req.prompt, raw=True)
+        if resident.template is None:
+            raise oai.ApiError(400, f"{resident.name} has no chat template (a base model): use /v1/completions "
+                               "with the prompt as-is", param="model")
+        return generate.tokenize_prompt(model, model.render_chat(req.messages, template=resident.template), raw=False)
+
+    def _end(self, resident: Resident, ticket: Ticket) -> None:
+        """The request is over (or its client left): free the engine slot and the model."""
+        resident.worker.cancel(ticket)  # nothing happens if it already finished
+        self.pool.release(resident)
+
+    async def _wait(self, request: Request, ticket: Ticket, events: _Events):
+        """The finished Completion, or the failure raised; cancelled if the client goes away."""
+        result: list[Any] = []
+        async with anyio.create_task_group() as group:
+            async def collect() -> None:
+                while True:
+                    event = await events.next()
+                    if isinstance(event, (Finished, Failed)):
+                        result.append(event)
+                        group.cancel_scope.cancel()
+                        return
+
+            async def watch() -> None:
+                await _until_disconnect(request.receive)
+                group.cancel_scope.cancel()  # nobody to answer: _end cancels the ticket
+
+            group.start_soon(collect)
+            group.start_soon(watch)
+        if not result:
+            raise oai.ApiError(499, "client closed the request")
+        event = result[0]
+        if isinstance(event, Failed):
+            raise event.error
+        return event.completion
+
+    async def _stream(self, resident: Resident, ticket: Ticket, events: _Events, head: oai.ResponseHead,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+        yield _sse(head.chunk(role=True))
+        while True:
+            event = await events.next()
+            if isinstance(event, TokenText):
+                yield _sse(head.chunk(event.text))
+            elif isinstance(event, Finished):
+                c = event.completion
+                yield _sse(head.chunk(reason=c.finish_reason))
+                if include_usage:
+                    yield _sse(head.usage_chunk(oai.usage(c.prompt_tokens, c.completion_tokens, c.cached_tokens)))
+                break
+            elif isinstance(event, Failed):
+                # The 200 and some text are already sent: the error goes in the stream, as OpenAI's does.
+                yield _sse(_api_error(event.error).body())
+                break
+        yield _sse("[DONE]")
+
+    async def embeddings(self, request: Request, body: Any) -> Response:
+        req = oai.parse_embeddings(body)
+
+        def run(resident: Resident) -> dict:
+            vectors = resident.embed(req.texts)
+            return oai.embeddings_response(resident.name, vectors, as_base64=req.base64,
+                                           prompt_tokens=resident.tokens_in(req.texts))
+
+        return JSONResponse(await self._off_loop(req.model, run))
+
+    async def classify(self, request: Request, body: Any) -> Response:
+        req = oai.parse_classify(body)
+        settings = classify.Settings(method=req.method, instructions=req.instructions, calibrate=req.calibrate,
+                                     max_examples=req.max_examples, abstain_below=req.abstain_below)
+
+        def run(resident: Resident) -> dict:
+            labels, predictions = resident.classify(req.texts, req.labels, req.examples, settings=settings,
+                                                    key=req.key())
+            return oai.classify_response(resident.name, labels, predictions, method=req.method,
+                                         prompt_tokens=resident.tokens_in(req.texts))
+
+        return JSONResponse(await self._off_loop(req.model, run))
+
+    async def _off_loop(self, requested: str | None, fn: Callable[[Resident], dict]) -> dict:
+        return await anyio.to_thread.run_sync(self.pool.run, self._model_name(requested), fn)
+
+
+def create_app(pool: ModelPool, settings: ServerSettings) -> Starlette:
+    api = Api(pool, settings)
+    ep = api.endpoint
+    routes = [
+        Route("/health", ep(api.health, body=False, auth=False), methods=["GET"]),
+        Route("/v1/models", ep(api.models, body=False), methods=["GET"]),
+        Route("/v1/models/{model:path}", ep(api.model, body=False), methods=["GET"]),
+        Route("/v1/chat/completions", ep(api.chat_completions), methods=["POST"]),
+        Route("/v1/completions", ep(api.completions), methods=["POST"]),
+        Route("/v1/embeddings", ep(api.embeddings), methods=["POST"]),
+        Route("/v1/classify", ep(api.classify), methods=["POST"]),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            err = oai.ApiError(404, f"no such endpoint: {request.method} {request.url.path}", code="unknown_url")
+        elif exc.status_code == 405:
+            err = oai.ApiError(405, f"{request.method} is not allowed on {request.url.path}",
+                               code="method_not_allowed")
+        else:
+            err = oai.ApiError(exc.status_code, str(exc.detail))
+        return _error_response(err)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return _error_response(_api_error(exc))
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
+
+
+# ---------------------------------------------------------------- running it
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        try:  # a literal address needs no lookup (and an offline machine may refuse lookups)
+            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+            address: tuple = (host, port)
+        except ValueError:
+            family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host}: {exc.strerror}", hint="give an address like 127.0.0.1") from None
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                         hint="choose another --port (0 picks a free one)") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
+          options: PoolOptions | None = None, max_body: int = DEFAULT_MAX_BODY, debug: bool = False,
+          log_requests: bool = False, on_note: Callable[[str], None] | None = None) -> None:
+    """Load ``models`` (the first is the default for requests that name none), listen, serve until
+    interrupted. Errors before listening (unknown model, port in use) raise; afterwards a request's
+    error is its own response."""
+    import uvicorn
+
+    from . import runtime
+
+    note = on_note or (lambda text: print(text, file=sys.stderr, flush=True))
+    options = options or PoolOptions()
+    if len(models) > options.max_models:
+        raise UsageError(f"{len(models)} models given but --max-models is {options.max_models}")
+    pool = ModelPool(options, on_note=note)
+    try:
+        names = []
+        for ref in models:
+            resident = pool.acquire(ref, references=True)
+            pool.release(resident)
+            names.append(resident.name)
+        sock = _bind(host, port)
+        # Before the first evaluation, which fixes it for the process: /v1/classify then gives the
+        # probabilities `llmlocal classify` does.
+        runtime.prefer_batch_invariant_kernels()
+        settings = ServerSettings(api_key=api_key or None, max_body=max_body,
+                                  default_model=names[0] if names else None, debug=debug)
+        app = create_app(pool, settings)
+        config = uvicorn.Config(app, log_level="info" if log_requests else "warning", access_log=log_requests,
+                                timeout_graceful_shutdown=5, lifespan="off", server_header=False)
+        server = uvicorn.Server(config)
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        loaded = ", ".join(names) if names else f"models load on first request, default {loader.default_model()}"
+        note(f"llmlocal {__version__} serving on http://{shown}:{bound_port}/v1 ({loaded}; "
+             f"{options.parallel} parallel per model{'; API key required' if api_key else ''})")
+        if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+            note(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it")
+        server.run(sockets=[sock])
+    finally:
+        pool.close()
