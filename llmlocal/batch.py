@@ -19,7 +19,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -408,6 +409,38 @@ def _error_record(item: BatchItem, error: str | BaseException) -> dict:
             "line": item.line}
 
 
+def complete_items(model: Model, items: Sequence[BatchItem], settings: JobSettings,
+                   parallel: int) -> Iterator[tuple[int, dict]]:
+    """(index into ``items``, output record) for every item, in completion order.
+
+    A line that cannot run (bad input, a template that rejects its messages, a failed decode)
+    gets an error record; it never ends the job. Used by the local job and by each Ray worker.
+    """
+    refused: deque[tuple[int, dict]] = deque()
+
+    def requests() -> Iterator[Request]:
+        for index, item in enumerate(items):
+            if item.error is not None:
+                refused.append((index, _error_record(item, item.error)))
+                continue
+            try:
+                tokens = _item_tokens(model, item, settings)
+                params = _item_params(item, settings)
+            except Exception as exc:
+                refused.append((index, _error_record(item, exc)))
+                continue
+            yield Request(tokens, params, tag=index)
+
+    for request, result in Engine(model, parallel).run(requests()):
+        while refused:
+            yield refused.popleft()
+        item = items[request.tag]
+        yield request.tag, (_result_record(item, result) if isinstance(result, Completion)
+                            else _error_record(item, result))
+    while refused:
+        yield refused.popleft()
+
+
 def run_batch(model: Model, items: Sequence[BatchItem], output: str | os.PathLike[str], *,
               settings: JobSettings, parallel: int, done: set[str] | frozenset[str] = frozenset(),
               ordered: bool = True, progress: bool = True, progress_file: IO[str] | None = None) -> BatchSummary:
@@ -417,9 +450,21 @@ def run_batch(model: Model, items: Sequence[BatchItem], output: str | os.PathLik
         BatchInterrupted: on Ctrl-C, after every finished line is on disk.
     """
     todo = [item for item in items if item.key not in done]
-    summary = BatchSummary(output=str(output), total=len(items), skipped=len(items) - len(todo),
-                           parallel=parallel)
-    bar = _Progress(len(items), summary.skipped, enabled=progress and bool(todo), file=progress_file)
+    return write_results(len(items), todo, complete_items(model, todo, settings, parallel), output,
+                         parallel=parallel, ordered=ordered, progress=progress, progress_file=progress_file)
+
+
+def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple[int, dict]],
+                  output: str | os.PathLike[str], *, parallel: int, ordered: bool = True, progress: bool = True,
+                  progress_file: IO[str] | None = None) -> BatchSummary:
+    """Append ``results`` ((index into ``todo``, record) pairs, any order) to ``output`` as they come:
+    in input order with ``ordered`` (a record waits for the earlier ones), else at once.
+
+    Raises:
+        BatchInterrupted: on Ctrl-C, after every finished line is on disk.
+    """
+    summary = BatchSummary(output=str(output), total=total, skipped=total - len(todo), parallel=parallel)
+    bar = _Progress(total, summary.skipped, enabled=progress and bool(todo), file=progress_file)
     writer = _Writer(Path(output))
     waiting: dict[int, dict] = {}  # finished, not yet written (--ordered: waiting for earlier lines)
     next_out = 0
@@ -445,27 +490,9 @@ def run_batch(model: Model, items: Sequence[BatchItem], output: str | os.PathLik
         summary.seconds = time.perf_counter() - started
         bar.update(summary)
 
-    def requests() -> Iterator[Request]:
-        for index, item in enumerate(todo):
-            if item.error is not None:
-                emit(index, _error_record(item, item.error))
-                continue
-            try:
-                tokens = _item_tokens(model, item, settings)
-                params = _item_params(item, settings)
-            except Exception as exc:  # one bad line (a template that rejects its messages) never ends the job
-                emit(index, _error_record(item, exc))
-                continue
-            yield Request(tokens, params, tag=index)
-
-    engine = Engine(model, parallel)
     try:
-        for request, result in engine.run(requests()):
-            item = todo[request.tag]
-            if isinstance(result, Completion):
-                emit(request.tag, _result_record(item, result))
-            else:
-                emit(request.tag, _error_record(item, result))
+        for index, record in results:
+            emit(index, record)
     except KeyboardInterrupt:
         summary.seconds = time.perf_counter() - started
         writer.close()
@@ -532,19 +559,67 @@ def _decode_in_order(model: Model, token_lists: list[list[int]], params: Samplin
                 next_out += 1
 
 
-def run_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,
-            ctx: int | None = None, threads: int | None = None, verbose: bool = False,
-            parallel: int = DEFAULT_PARALLEL, sampling: dict[str, Any] | None = None,
-            system: str | None = None, raw: bool = False, ordered: bool = True, force: bool = False,
-            progress: bool = True, input_format: str = "auto") -> BatchSummary:
-    """The ``llmlocal batch`` command: check, resume, load, run.
+@dataclass
+class JobPlan:
+    """A batch job checked against its output before any model loads: what to run, and how."""
+
+    input: str
+    output: str
+    items: list[BatchItem]
+    state: OutputState
+    settings: JobSettings
+    spec: Any  # catalog.ModelSpec
+    resuming: bool
+    parallel: int
+    force: bool = False
+
+    @property
+    def todo(self) -> list[BatchItem]:
+        return [item for item in self.items if item.key not in self.state.done]
+
+    def check_model(self, digest: str) -> None:
+        """Refuse to add to an output made with other bytes or settings (unless --force)."""
+        if self.resuming and not self.force:
+            diffs = _differences(self.state.meta or {}, self.settings, digest)
+            if diffs:
+                raise ResumeMismatchError(self.output, diffs)
+
+    def start(self, *, model_name: str, digest: str, threads: int, extra: dict | None = None) -> None:
+        """Write the sidecar and cut off a torn last line: the output is ready to append to."""
+        old = dict(self.state.meta or {})
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        meta = {
+            "format": FORMAT, "model": model_name, "sha256": digest, "params": self.settings.compared(),
+            "parallel": self.parallel, "threads": threads, "input": str(self.input),
+            "llmlocal": __version__, "llama_cpp_python": runtime.llama_cpp_version(),
+            "started": old.get("started", now) if self.resuming else now, "updated": now, **(extra or {}),
+        }
+        if self.state.lines and old:
+            earlier = old.pop("earlier", [])
+            if _differences(old, self.settings, digest):  # --force mixed them: keep what made the old lines
+                earlier.append(old)
+            if earlier:
+                meta["earlier"] = earlier
+        atomic.write_text(meta_path(self.output), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if self.state.torn_bytes:
+            os.truncate(self.output, self.state.keep_bytes)
+            print(f"note: cut off an incomplete last line ({self.state.torn_bytes} bytes) left by an interrupted "
+                  "run; it will be redone", file=sys.stderr)
+
+
+def plan_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,
+             ctx: int | None = None, parallel: int = DEFAULT_PARALLEL, sampling: dict[str, Any] | None = None,
+             system: str | None = None, raw: bool = False, force: bool = False, input_format: str = "auto",
+             local_file: bool = True) -> JobPlan:
+    """Check everything a batch job needs before the (slow) model load, so bad input fails fast.
 
     ``sampling`` holds the options the user gave (None values: not given, so a resumed job keeps
-    the seed and context of the run that wrote ``output``).
+    the seed and context of the run that wrote ``output``). Without ``local_file`` (a cluster
+    job whose bytes are on the workers) the default context is the catalogue's, not sized to
+    this machine's RAM from the file's header.
 
     Raises:
-        OutputNotWritableError, ResumeMismatchError, InputFormatError, UsageError, model errors,
-        BatchInterrupted.
+        OutputNotWritableError, ResumeMismatchError, InputFormatError, UsageError, UnknownModelError.
     """
     if not 1 <= parallel <= MAX_PARALLEL:
         raise UsageError(f"--parallel must be between 1 and {MAX_PARALLEL}")
@@ -571,40 +646,40 @@ def run_job(input: str, output: str, *, model: str | None = None, sha256: str | 
     if ctx is None and resuming and isinstance(old.get("params", {}).get("ctx"), int):
         ctx = old["params"]["ctx"]
     if ctx is None:
-        ctx = loader.choose_context(spec, gguf.read_gguf(store.model_file(spec)), None, sequences=parallel)
-    settings = JobSettings(params=params, system=system, raw=raw, ctx=ctx)
+        if local_file:
+            ctx = loader.choose_context(spec, gguf.read_gguf(store.model_file(spec)), None, sequences=parallel)
+        else:
+            ctx = spec.context if spec.source else 4096
+    plan = JobPlan(input=str(input), output=str(output), items=items, state=state,
+                   settings=JobSettings(params=params, system=system, raw=raw, ctx=ctx), spec=spec,
+                   resuming=resuming, parallel=parallel, force=force)
     if resuming and not force:
-        diffs = _differences(old, settings, None)
+        diffs = _differences(old, plan.settings, None)
         if diffs:
             raise ResumeMismatchError(str(output), diffs)
+    return plan
 
-    loaded = loader.load(model, sha256=sha256, ctx=ctx * parallel, threads=threads, verbose=verbose,
+
+def run_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,
+            ctx: int | None = None, threads: int | None = None, verbose: bool = False,
+            parallel: int = DEFAULT_PARALLEL, sampling: dict[str, Any] | None = None,
+            system: str | None = None, raw: bool = False, ordered: bool = True, force: bool = False,
+            progress: bool = True, input_format: str = "auto") -> BatchSummary:
+    """The ``llmlocal batch`` command: check, resume, load, run.
+
+    Raises:
+        OutputNotWritableError, ResumeMismatchError, InputFormatError, UsageError, model errors,
+        BatchInterrupted.
+    """
+    plan = plan_job(input, output, model=model, sha256=sha256, ctx=ctx, parallel=parallel, sampling=sampling,
+                    system=system, raw=raw, force=force, input_format=input_format)
+    loaded = loader.load(model, sha256=sha256, ctx=plan.settings.ctx * parallel, threads=threads, verbose=verbose,
                          n_seq_max=parallel, kv_unified=False)
     try:
         digest = loaded.sha256 or atomic.sha256_file(loaded.path)
-        if resuming and not force:
-            diffs = _differences(old, settings, digest)
-            if diffs:
-                raise ResumeMismatchError(str(output), diffs)
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        meta = {
-            "format": FORMAT, "model": loaded.name, "sha256": digest, "params": settings.compared(),
-            "parallel": parallel, "threads": loaded.model.options.threads(), "input": str(input),
-            "llmlocal": __version__, "llama_cpp_python": runtime.llama_cpp_version(),
-            "started": old.get("started", now) if resuming else now, "updated": now,
-        }
-        if state.lines and old:
-            earlier = old.pop("earlier", [])
-            if _differences(old, settings, digest):  # --force mixed them: keep what made the old lines
-                earlier.append(old)
-            if earlier:
-                meta["earlier"] = earlier
-        atomic.write_text(meta_path(output), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        if state.torn_bytes:
-            os.truncate(output, state.keep_bytes)
-            print(f"note: cut off an incomplete last line ({state.torn_bytes} bytes) left by an interrupted run; "
-                  "it will be redone", file=sys.stderr)
-        return run_batch(loaded.model, items, output, settings=settings, parallel=parallel, done=state.done,
-                         ordered=ordered, progress=progress)
+        plan.check_model(digest)
+        plan.start(model_name=loaded.name, digest=digest, threads=loaded.model.options.threads())
+        return run_batch(loaded.model, plan.items, output, settings=plan.settings, parallel=parallel,
+                         done=plan.state.done, ordered=ordered, progress=progress)
     finally:
         loaded.close()

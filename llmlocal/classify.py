@@ -473,18 +473,25 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Run:
     result.items = [items[i] for i in order]
     result.predictions = [predictions[i] for i in order]
     if job.evaluate:
-        from . import metrics
-
-        result.report = metrics.report(
-            [i.label or "" for i in result.items], [p.label for p in result.predictions], result.labels,
-            confidence=[p.confidence for p in result.predictions], top=[p.top for p in result.predictions],
-            abstain_label=settings.abstain_label if settings.abstain_below is not None else None)
-        result.report["method"] = settings.method
-        if job.k_fold is not None:
-            result.report["k_fold"] = job.k_fold
-        if job.holdout is not None:
-            result.report["holdout"] = job.holdout
+        result.report = evaluation_report(job, result)
     return result
+
+
+def evaluation_report(job: Job, result: Run) -> dict:
+    """Accuracy, macro-F1, confusion and calibration of ``result``'s predictions against gold labels."""
+    from . import metrics
+
+    settings = job.settings
+    report = metrics.report(
+        [i.label or "" for i in result.items], [p.label for p in result.predictions], result.labels,
+        confidence=[p.confidence for p in result.predictions], top=[p.top for p in result.predictions],
+        abstain_label=settings.abstain_label if settings.abstain_below is not None else None)
+    report["method"] = settings.method
+    if job.k_fold is not None:
+        report["k_fold"] = job.k_fold
+    if job.holdout is not None:
+        report["holdout"] = job.holdout
+    return report
 
 
 def show_prompt(model: Model, job: Job, text: str | None = None) -> str:

@@ -298,6 +298,19 @@ def model_options(f):
     return f
 
 
+def ray_options(f):
+    """--ray/--workers/--model-dir: run the job on a Ray cluster (llmlocal[ray])."""
+    f = click.option("--model-dir", metavar="DIR",
+                     help="With --ray: the llmlocal home each worker keeps models in (a shared path); "
+                     "default: each worker's own.")(f)
+    f = click.option("--workers", type=int, default=2, show_default=True,
+                     help="With --ray: model-loading actors, each with --threads CPUs [default threads: 1].")(f)
+    f = click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Run on Ray: alone, a local Ray instance; or `auto` / ray://HOST:10001 for a "
+                     "cluster. Put it after INPUT.")(f)
+    return f
+
+
 def sampling_options(f):
     """The sampling knobs, shared by complete and chat (None: the runtime's default)."""
     opts = [
@@ -459,6 +472,19 @@ def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, **k
     click.echo(f"peak RSS   {human_bytes(result.peak_rss_bytes)}")
 
 
+def _ray_threads(threads: int | None, workers: int) -> int:
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
+    return threads or 1
+
+
+def _no_ray_options(workers: int, model_dir: str | None) -> None:
+    if workers != 2 or model_dir is not None:
+        raise UsageError("--workers and --model-dir apply with --ray")
+
+
 @cli.command("batch")
 @click.argument("input", metavar="INPUT")
 @click.option("--output", "-o", required=True, metavar="FILE",
@@ -476,8 +502,10 @@ def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, **k
               show_default=True, help="Input format (auto: by extension, else JSONL if it starts with '{').")
 @click.option("--force", is_flag=True, help="Add to an OUTPUT made with another model or other options.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
+@ray_options
 def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: int | None, ordered: bool,
-              input_format: str, force: bool, quiet: bool, **kw) -> None:
+              input_format: str, force: bool, quiet: bool, ray_address: str | None, workers: int,
+              model_dir: str | None, **kw) -> None:
     """Run every prompt in INPUT (a file, or - for stdin), several at a time, into a JSONL file.
 
     INPUT is JSON Lines, {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]} with
@@ -497,6 +525,7 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
       llmlocal batch prompts.jsonl -o results.jsonl --temperature 0 -n 128
       cat questions.txt | llmlocal batch - -o answers.jsonl -s "Answer in one sentence."
       llmlocal batch prompts.jsonl -o results.jsonl -p 16 --unordered
+      llmlocal batch prompts.jsonl -o results.jsonl --ray auto --workers 16 --threads 4
     """
     import signal
 
@@ -508,11 +537,24 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
     # SIGTERM (kill, systemd, timeout) stops as cleanly as Ctrl-C: finished lines stay, resumable.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = batch.run_job(
-            input, output, model=kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
-            threads=kw.pop("threads"), verbose=kw.pop("verbose"),
-            parallel=batch.DEFAULT_PARALLEL if parallel is None else parallel, sampling=sampling,
-            system=system, raw=raw, ordered=ordered, force=force, progress=not quiet, input_format=input_format)
+        parallel = batch.DEFAULT_PARALLEL if parallel is None else parallel
+        if ray_address is not None:
+            from . import distributed
+
+            address = distributed.check_address(ray_address)
+            threads = _ray_threads(kw.pop("threads"), workers)
+            plan = batch.plan_job(input, output, model=kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
+                                  parallel=parallel, sampling=sampling, system=system, raw=raw, force=force,
+                                  input_format=input_format, local_file=False)
+            summary = distributed.run_batch(plan, address=address, workers=workers, threads=threads,
+                                            model_dir=model_dir, ordered=ordered, progress=not quiet)
+        else:
+            _no_ray_options(workers, model_dir)
+            summary = batch.run_job(
+                input, output, model=kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
+                threads=kw.pop("threads"), verbose=kw.pop("verbose"), parallel=parallel, sampling=sampling,
+                system=system, raw=raw, ordered=ordered, force=force, progress=not quiet,
+                input_format=input_format)
     except batch.BatchInterrupted as stop:
         s = stop.summary
         click.echo(f"Interrupted: {s.skipped + s.written} of {s.total} lines are saved in {s.output}.", err=True)
@@ -624,34 +666,53 @@ def _classify(input_path: str | None, *, evaluate: str | None, kw: dict) -> None
         k_fold=kw.pop("k_fold"), holdout=kw.pop("holdout"), format=kw.pop("input_format"),
         header=not kw.pop("no_header"), text_column=kw.pop("text_column"), id_column=kw.pop("id_column"),
         label_column=kw.pop("label_column"))
-    runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
-    loaded = _load(kw, **job.load_options())
-    try:
+    ray_address, workers, model_dir = kw.pop("ray_address", None), kw.pop("workers", 2), kw.pop("model_dir", None)
+    progress = None
+    if ray_address is not None:
+        from . import distributed
+
         if show:
-            click.echo(classify.show_prompt(loaded.model, job))
-            return
-        progress = None if quiet or not sys.stderr.isatty() else _progress_line("classified")
+            raise UsageError("--show-prompt runs locally; drop --ray")
+        address = distributed.check_address(ray_address)
+        threads = _ray_threads(kw.pop("threads"), workers)
+        if kw.pop("ctx") is not None:
+            raise UsageError("--ctx is not used with --ray (each worker sizes its context)")
         started = time.perf_counter()
-        result = classify.run(loaded.model, job, progress=progress)
+        result, model_name, model_sha256 = distributed.run_classify(
+            job, model=kw.pop("model"), sha256=kw.pop("sha256"), address=address, workers=workers, threads=threads,
+            model_dir=model_dir)
         seconds = time.perf_counter() - started
-    finally:
-        loaded.close()
+    else:
+        _no_ray_options(workers, model_dir)
+        runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
+        loaded = _load(kw, **job.load_options())
+        try:
+            if show:
+                click.echo(classify.show_prompt(loaded.model, job))
+                return
+            progress = None if quiet or not sys.stderr.isatty() else _progress_line("classified")
+            started = time.perf_counter()
+            result = classify.run(loaded.model, job, progress=progress)
+            seconds = time.perf_counter() - started
+        finally:
+            loaded.close()
+        model_name, model_sha256 = loaded.name, loaded.sha256
     if progress is not None:
         click.echo("", err=True)
-    meta = classify.manifest(job, result, model_name=loaded.name, model_sha256=loaded.sha256)
+    meta = classify.manifest(job, result, model_name=model_name, model_sha256=model_sha256)
     if result.report is None or output is not None:
         classify.write_outputs(job, result, meta, output=output, fmt=fmt, json_header=json_header)
     if result.report is not None:
         from . import metrics
 
         if as_json:
-            _json_out({"model": loaded.name, "sha256": loaded.sha256, **result.report, "manifest": meta})
+            _json_out({"model": model_name, "sha256": model_sha256, **result.report, "manifest": meta})
         else:
             click.echo(metrics.format_report(result.report))
     if not quiet:
         n = len(result.predictions)
         click.echo(f"{n} item(s) classified in {seconds:.1f} s ({n / seconds if seconds else 0:.2f} items/s) "
-                   f"with {loaded.name}" + (f"; written to {output}" if output else ""), err=True)
+                   f"with {model_name}" + (f"; written to {output}" if output else ""), err=True)
 
 
 def _progress_line(verb: str):
@@ -672,6 +733,7 @@ def _progress_line(verb: str):
               "macro-F1, per-label scores, the confusion matrix and calibration (like `llmlocal eval`).")
 @model_options
 @classify_options
+@ray_options
 def classify_cmd(input: str | None, evaluate: str | None, **kw) -> None:
     """Classify each text in INPUT (CSV, TSV, JSONL, or one text per line; - or none: stdin).
 

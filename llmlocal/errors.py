@@ -22,6 +22,18 @@ class LlmlocalError(Exception):
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return str(self.args[0]) if self.args else ""
 
+    def __reduce__(self):
+        # Pickle by state, not by calling __init__ again (subclasses take other arguments), so an
+        # error raised in a Ray worker reaches the driver as itself.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> LlmlocalError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class UsageError(LlmlocalError, ValueError):
     """The request itself is wrong (bad option combination, bad reference syntax). Exit 2."""
