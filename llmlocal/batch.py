@@ -568,7 +568,7 @@ class JobPlan:
     items: list[BatchItem]
     state: OutputState
     settings: JobSettings
-    spec: Any  # catalog.ModelSpec
+    spec: catalog.ModelSpec
     resuming: bool
     parallel: int
     force: bool = False
