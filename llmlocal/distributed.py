@@ -76,6 +76,28 @@ def connect(address: str, *, cpus: int) -> None:
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
+def _preflight(ray: Any, model: str, sha256: str | None, model_dir: str | None) -> None:
+    """Every node with CPUs pulls the model if it lacks it and checks its SHA-256 before any
+    actor starts, so a node with other bytes stops the job here, reported once as itself.
+
+    The actors check again when they start (one may land on a node that joined since), but a
+    failure there reaches the user wrapped in Ray's report of a dead actor.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check = ray.remote(num_cpus=0, max_retries=0)(_verified)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+            .remote(model, sha256, model_dir) for node in nodes]
+    try:
+        ray.get(refs)
+    except Exception as exc:
+        inner = _unwrap(exc)
+        if inner is exc:
+            raise
+        raise inner from None
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """The llmlocal error inside Ray's wrappers (task error, dead actor), else ``exc`` itself."""
     seen: set[int] = set()
@@ -85,7 +107,8 @@ def _unwrap(exc: BaseException) -> BaseException:
         if not isinstance(e, BaseException) or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, LlmlocalError):
+        # Ray's RayTaskError(X) is also an X, with Ray's traceback as its message: take its cause.
+        if isinstance(e, LlmlocalError) and type(e).__module__ == LlmlocalError.__module__:
             return e
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__, *e.args]
     return exc
@@ -100,6 +123,11 @@ def _collect(ds: Any) -> Iterator[dict[str, np.ndarray]]:
         if inner is exc:
             raise
         raise inner from None
+
+
+def _model_ref(spec: Any) -> str:
+    """How a worker names the model: its catalogue name, or the path a reference points to."""
+    return spec.name if spec.source else str(spec.path or spec.name)
 
 
 def _blocks(n: int, workers: int, per_block: int) -> int:
@@ -153,20 +181,22 @@ def run_batch(plan: batch_mod.JobPlan, *, address: str, workers: int, threads: i
     digest = spec.sha256 or atomic.sha256_file(store.model_file(spec))
     plan.check_model(digest)
     todo = plan.todo
+    model = _model_ref(spec)
+    if todo:  # join the cluster and check every node's bytes before the output is touched
+        ray = _ray()
+        connect(address, cpus=workers * threads)
+        _preflight(ray, model, digest, model_dir)
     plan.start(model_name=spec.name, digest=digest, threads=threads,
                extra={"ray": {"address": address or "local", "workers": workers}})
     if not todo:
         return batch_mod.write_results(len(plan.items), todo, [], plan.output, parallel=plan.parallel,
                                        ordered=ordered, progress=progress)
-    ray = _ray()
-    connect(address, cpus=workers * threads)
     rows = [{"index": i, "item": json.dumps(asdict(item), ensure_ascii=False)} for i, item in enumerate(todo)]
     per_call = plan.parallel * 8  # enough prompts per call to keep the engine's slots busy
     ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), workers, per_call))
     ds = ds.map_batches(
         BatchWorker, batch_size=per_call, batch_format="numpy",
-        fn_constructor_kwargs={"model": spec.name if spec.source else str(spec.path or spec.name),
-                               "sha256": digest, "model_dir": model_dir, "settings": plan.settings,
+        fn_constructor_kwargs={"model": model, "sha256": digest, "model_dir": model_dir, "settings": plan.settings,
                                "parallel": plan.parallel, "threads": threads},
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads)
 
@@ -213,12 +243,12 @@ def run_classify(job: classify.Job, *, model: str | None, sha256: str | None, ad
     if job.items:
         ray = _ray()
         connect(address, cpus=workers * threads)
+        _preflight(ray, _model_ref(spec), digest, model_dir)
         rows = [{"index": i, "text": item.text} for i, item in enumerate(job.items)]
         ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), workers, batch_size))
         ds = ds.map_batches(
             ClassifyWorker, batch_size=batch_size, batch_format="numpy",
-            fn_constructor_kwargs={"model": spec.name if spec.source else str(spec.path or spec.name),
-                                   "sha256": digest, "model_dir": model_dir, "labels": list(job.labels),
+            fn_constructor_kwargs={"model": _model_ref(spec), "sha256": digest, "model_dir": model_dir, "labels": list(job.labels),
                                    "examples": chosen, "settings": settings, "threads": threads},
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads)
         found: dict[int, classify.Prediction] = {}
