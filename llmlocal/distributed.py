@@ -17,6 +17,7 @@ This is the only module that imports ray, and only when ``--ray`` is used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -89,8 +90,15 @@ def _preflight(ray: Any, model: str, sha256: str | None, model_dir: str | None) 
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
             .remote(model, sha256, model_dir) for node in nodes]
-    try:
+    with _as_ours():
         ray.get(refs)
+
+
+@contextlib.contextmanager
+def _as_ours() -> Iterator[None]:
+    """Raise a worker's llmlocal error as itself, not inside Ray's wrappers (one line, not a traceback)."""
+    try:
+        yield
     except Exception as exc:
         inner = _unwrap(exc)
         if inner is exc:
@@ -116,13 +124,8 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 def _collect(ds: Any) -> Iterator[dict[str, np.ndarray]]:
     """The dataset's output batches as they finish; a worker's llmlocal error raised as itself."""
-    try:
+    with _as_ours():
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
-    except Exception as exc:
-        inner = _unwrap(exc)
-        if inner is exc:
-            raise
-        raise inner from None
 
 
 def _model_ref(spec: Any) -> str:
