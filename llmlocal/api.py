@@ -12,15 +12,12 @@ says how many were re-used. Like the model under it, a LocalModel serves one cal
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import fields
 from typing import Any
 
 from . import generate, loader
 from .errors import ContextOverflowError, UsageError
 from .generate import Completion
-from .runtime import SamplingParams
-
-_SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
+from .sampling import FIELDS, SamplingParams
 
 
 def load(model: str | None = None, *, ctx: int | None = None, threads: int | None = None,
@@ -42,17 +39,10 @@ def load(model: str | None = None, *, ctx: int | None = None, threads: int | Non
 
 def sampling_params(sampling: dict[str, Any]) -> SamplingParams:
     """SamplingParams from keyword arguments, with a concrete seed; unknown names are a TypeError."""
-    unknown = sorted(set(sampling) - set(_SAMPLING_FIELDS))
+    unknown = sorted(set(sampling) - set(FIELDS))
     if unknown:
-        raise TypeError(f"unknown sampling argument(s) {unknown}; expected some of {list(_SAMPLING_FIELDS)}")
-    chosen = {k: v for k, v in sampling.items() if v is not None}
-    stop = chosen.get("stop")
-    if stop is not None:
-        # A lone string is one stop sequence, not a set of one-character ones.
-        chosen["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-    params = SamplingParams(**chosen).resolved()
-    params.validate()
-    return params
+        raise TypeError(f"unknown sampling argument(s) {unknown}; expected some of {list(FIELDS)}")
+    return SamplingParams.from_mapping(sampling).resolved()
 
 
 class LocalModel:

@@ -10,17 +10,17 @@ transcript is kept for ``save``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import atomic
+from . import atomic, sampling
 from .errors import ContextOverflowError, InputFormatError, UsageError
 from .generate import Completion, Generator, tokenize_prompt
-from .runtime import Model, SamplingParams
+from .runtime import Model
+from .sampling import SamplingParams
 
 DEFAULT_MAX_TOKENS = 1024
 
@@ -72,10 +72,8 @@ FAMILIES: dict[str, str] = {
     ),
 }
 
+# What /set changes and a transcript records (repeat_last_n stays the default).
 PARAMS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens")
-_PARAM_TYPES = {"temperature": float, "top_p": float, "top_k": int, "min_p": float,
-                "repeat_penalty": float, "seed": int, "max_tokens": int}
-_KIND_NAMES = {int: "an integer", float: "a number"}
 
 
 def choose_template(model_name: str, *, gguf_template: str | None, family: str = "",
@@ -257,16 +255,12 @@ class ChatSession:
         """
         key = name.strip().lower().replace("-", "_")
         key = "temperature" if key == "temp" else key
-        if key not in _PARAM_TYPES:
+        if key not in PARAMS:
             raise UsageError(f"unknown parameter '{name}'; one of: {', '.join(PARAMS)}")
-        kind = _PARAM_TYPES[key]
         if key == "seed" and (value is None or str(value).strip().lower() in {"random", "none"}):
             parsed = None
         else:
-            try:
-                parsed = kind(str(value).strip())
-            except ValueError:
-                raise UsageError(f"{key} must be {_KIND_NAMES[kind]}, got '{value}'") from None
+            parsed = sampling.parse_value(key, str(value))
         self.params = _with_param(self.params, key, parsed)
         return parsed
 
@@ -361,32 +355,22 @@ def _parse_transcript(source: str, data: object) -> tuple[str | None, list[dict[
         raise InputFormatError(source, "'params' must be an object")
     chosen: dict = {}
     for key, value in params.items():
-        if key == "stop":
-            if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                raise InputFormatError(source, "params.stop must be a list of strings")
-            chosen["stop"] = tuple(value)
-        elif key in _PARAM_TYPES:
-            kind = _PARAM_TYPES[key]
-            if key == "seed" and value is None:
-                chosen[key] = None
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    kind is int and not float(value).is_integer()):
-                raise InputFormatError(source, f"params.{key} must be {_KIND_NAMES[kind]}")
-            chosen[key] = kind(value)
-        else:
+        if key != "stop" and key not in PARAMS:
             raise InputFormatError(source, f"unknown param '{key}'; known: {', '.join(PARAMS)}, stop")
+        if key == "seed" and value is None:
+            chosen[key] = None
+            continue
+        try:
+            chosen.update(sampling.check({key: value}, name=lambda k: f"params.{k}"))
+        except UsageError as exc:
+            raise InputFormatError(source, str(exc)) from None
     return system, messages, chosen
 
 
 def _with_param(params: SamplingParams, key: str, value) -> SamplingParams:
     """``params`` with one field changed, checked as chat needs (a reply of at least one token)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UsageError(f"{key} must be a finite number")
-    if key == "max_tokens" and value < 1:
+    if key == "max_tokens" and value is not None and value < 1:
         raise UsageError("max_tokens must be at least 1")
-    if key == "top_k" and value < 0:
-        raise UsageError("top_k must be >= 0 (0 disables it)")
-    updated = replace(params, **{key: value})
-    updated.validate()
-    return updated
+    if value is None:  # only the seed: a fresh one every reply
+        return replace(params, **{key: None})
+    return params.with_changes(**{key: value})

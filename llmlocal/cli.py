@@ -6,7 +6,9 @@ step, exit 1 (2 for usage errors), and a traceback only with ``--debug`` / ``LLM
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import sys
 import traceback
@@ -50,6 +52,28 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
+class _NoteHandler(logging.Handler):
+    """Shows the core's log records as a person reads them: ``note:`` and ``warning:`` lines.
+
+    It looks up stderr when it writes (not when it is made), so Click's test runner sees them.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "note" if record.levelno < logging.WARNING else "warning"
+        try:
+            click.echo(f"{prefix}: {record.getMessage()}", err=True)
+        except Exception:  # a log line must never be what fails a command
+            self.handleError(record)
+
+
+def _show_notes() -> None:
+    logger = logging.getLogger("llmlocal")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _report(exc: BaseException, *, internal: bool = False) -> None:
     if _debug_enabled():
         traceback.print_exception(exc)
@@ -80,6 +104,7 @@ def cli(debug: bool, offline: bool) -> None:
       llmlocal pull qwen2.5-1.5b
       llmlocal models
     """
+    _show_notes()
     # Environment, not globals: the core reads these at call time, as it does for users who set them.
     if debug:
         os.environ["LLMLOCAL_DEBUG"] = "1"
@@ -328,15 +353,16 @@ def sampling_options(f):
     return f
 
 
-def _sampling(kw: dict):
-    from .runtime import SamplingParams
+def _flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
-    fields = {"temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens"}
-    chosen = {k: kw.pop(k) for k in list(kw) if k in fields and kw[k] is not None}
-    for k in fields:
-        kw.pop(k, None)
-    stop = kw.pop("stop", ())
-    return SamplingParams(**chosen, stop=tuple(stop)).resolved()
+
+def _sampling(kw: dict):
+    from .sampling import FIELDS, SamplingParams
+
+    given = {k: kw.pop(k) for k in list(kw) if k in FIELDS}
+    given["stop"] = given.get("stop") or None
+    return SamplingParams.from_mapping(given, name=_flag_name).resolved()
 
 
 def _load(kw: dict, **extra):
@@ -347,11 +373,19 @@ def _load(kw: dict, **extra):
 
 
 def _read_prompt(prompt: str | None) -> str:
+    """The prompt argument, or stdin's text; an empty one is refused, as chat and the server do."""
+    from . import tabular
+
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        return sys.stdin.read()
-    if prompt is None:
+        text, where = tabular.read_text(sys.stdin.buffer), "on stdin"
+    elif prompt is None:
         raise UsageError("give a prompt, or pipe one on stdin (`echo hi | llmlocal complete`)")
-    return prompt
+    else:
+        text, where = tabular.check_text(prompt, "the prompt argument"), "given"
+    if not text.strip():
+        raise UsageError(f"the prompt {where} is empty: there is nothing to complete",
+                         hint="give the prompt as an argument, or pipe some text on stdin")
+    return text
 
 
 @cli.command("complete")
@@ -431,7 +465,11 @@ def chat_cmd(system: str | None, template: str | None, **kw) -> None:
                                       family=loaded.spec.template, override=template)
         session = chat.ChatSession(loaded.model, template=chosen, model_name=loaded.name, system=system,
                                    params=params, on_note=lambda text: click.echo(text, err=True))
-        repl.run_repl(session)
+        # Piped input is decoded leniently so that a bad byte is reported with its line number
+        # (repl checks every line) instead of failing inside Python's reader.
+        stdin = None if sys.stdin.isatty() else io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
+                                                                errors="surrogateescape")
+        repl.run_repl(session, stdin=stdin)
     finally:
         loaded.close()
 
@@ -861,15 +899,17 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
       llmlocal serve -m smollm2-135m -m gemma3-270m-base --parallel 8
       LLMLOCAL_API_KEY=secret llmlocal serve --host 0.0.0.0
     """
-    from . import server
+    from . import hardware, server
     from .pool import PoolOptions
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port number (0-65535)")
-    if max_body_mb <= 0:
-        raise UsageError("--max-body-mb must be positive")
+    if not 0 < max_body_mb <= server.MAX_BODY_MB:  # also false for NaN
+        raise UsageError(f"--max-body-mb must be a number of megabytes above 0 and at most {server.MAX_BODY_MB}; "
+                         f"got {max_body_mb}")
     if ctx is not None and ctx < 16:
         raise UsageError(f"--ctx {ctx} is too small")
+    hardware.check_threads(threads)
     options = PoolOptions(parallel=parallel, ctx=ctx, threads=threads, max_models=max_models, verbose=verbose)
     server.serve(list(models), host=host, port=port, api_key=api_key, options=options,
                  max_body=int(max_body_mb * 1024 * 1024), debug=_debug_enabled(), log_requests=log_requests)

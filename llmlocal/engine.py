@@ -180,6 +180,8 @@ class Engine:
         ContextOverflowError for a prompt that does not fit one sequence's share of the context.
         """
         request.params.validate()
+        # A random seed becomes a concrete one here, so the result records the seed really used.
+        request.params = request.params.resolved()
         if not request.tokens:
             raise UsageError("empty prompt: nothing to evaluate")
         if len(request.tokens) >= self.n_ctx_seq:

@@ -39,6 +39,14 @@ class UsageError(LlmlocalError, ValueError):
     """The request itself is wrong (bad option combination, bad reference syntax). Exit 2."""
 
 
+class InvalidParameterError(UsageError):
+    """A sampling (or similar) parameter of the wrong type, non-finite, or out of range."""
+
+    def __init__(self, message: str, *, field: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
+
+
 class CatalogError(LlmlocalError, ValueError):
     """A models.toml file is unreadable or has a bad entry."""
 

@@ -125,6 +125,7 @@ class Generator:
         """Yield text as it is generated; the generator's return value is the Completion."""
         model = self.model
         params.validate()
+        params = params.resolved()  # a random seed is drawn here and recorded in the Completion
         if len(tokens) >= model.n_ctx:
             raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
         started = time.perf_counter()

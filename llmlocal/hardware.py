@@ -6,6 +6,8 @@ import os
 import platform
 import subprocess
 
+from .errors import UsageError
+
 
 def physical_cores() -> int:
     """Physical cores (llama.cpp's sweet spot: hyper-threads share the same vector units).
@@ -41,6 +43,27 @@ def physical_cores() -> int:
     except (OSError, ValueError):
         pass
     return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The most threads a model may be given: four per logical CPU.
+
+    More only adds contention, and llama.cpp's thread pool crashes outright at about 100,000
+    (it allocates per-thread state without a bound).
+    """
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count below 1 or above :func:`max_threads` (None: the default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError("threads must be at least 1", hint=f"this machine has {os.cpu_count()} logical CPUs")
+    if threads > max_threads():
+        raise UsageError(f"{threads} threads is more than this machine can use (at most {max_threads()}, four "
+                         f"per logical CPU)", hint=f"use at most {os.cpu_count()} (its logical CPUs), or "
+                         "leave it out for the physical cores")
 
 
 def available_memory() -> int | None:

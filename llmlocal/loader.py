@@ -6,14 +6,16 @@ for, and shrunk to what fits in RAM (with a note) rather than silently taking a 
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import catalog, gguf, hardware, paths, runtime, store
 from .catalog import ModelSpec
 from .errors import UsageError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 _MIN_CTX = 512
@@ -72,8 +74,8 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, 
         ctx //= 2
     if ctx != wanted:
         what = f"tokens per sequence so {sequences} sequences fit" if sequences > 1 else "tokens to fit"
-        print(f"note: context reduced from {wanted} to {ctx} {what} in available RAM "
-              f"(set --ctx to choose)", file=sys.stderr)
+        log.info("context reduced from %d to %d %s in available RAM (choose it with --ctx, or ctx= in Python)",
+                 wanted, ctx, what)
     return ctx
 
 
@@ -82,16 +84,18 @@ def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None =
          embeddings: bool = False, verbose: bool = False, kv_unified: bool | None = None,
          extra_buffers: bool | None = None) -> Loaded:
     """Resolve ``ref`` (default: :func:`default_model`), find its verified bytes, load it."""
+    hardware.check_threads(threads)
     spec = catalog.resolve(ref or default_model(), sha256=sha256)
     path = store.model_file(spec)
     info = gguf.read_gguf(path)
-    if threads is not None and threads < 1:
-        raise UsageError("--threads must be at least 1")
     runtime.set_verbose(verbose)
     n_ctx = choose_context(spec, info, ctx)
     options = runtime.LoadOptions(n_ctx=n_ctx, n_threads=threads, n_seq_max=n_seq_max,
                                   n_batch=min(n_batch, n_ctx), embeddings=embeddings, kv_unified=kv_unified,
                                   extra_buffers=extra_buffers)
     model = runtime.Model(path, options)
+    if model.n_ctx != n_ctx:  # otherwise an overflow error would name a size nobody asked for
+        log.info("context rounded up from %d to %d tokens (llama.cpp allocates it in steps of 256)",
+                 n_ctx, model.n_ctx)
     installed = store.find_installed(spec) if not spec.is_reference or spec.repo else None
     return Loaded(spec=spec, path=path, sha256=installed.sha256 if installed else spec.sha256, model=model)

@@ -11,6 +11,7 @@ repeat_penalty) are accepted as extra fields, as llama-server does.
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -19,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .runtime import SamplingParams
+from . import sampling
+from .errors import InvalidParameterError
+from .sampling import RANDOM_SEED, SamplingParams
 
 # OpenAI's legacy completions endpoint generates 16 tokens unless told otherwise; chat runs to
 # the end of the turn (or of the context).
@@ -64,6 +67,8 @@ def _opt_number(body: dict, name: str, *, low: float | None = None, high: float 
         return None
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise _bad(f"'{name}' must be {'an integer' if integer else 'a number'}, not {json_type(value)}", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(f"'{name}' must be a finite number, got {value}", name)
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"between {low} and {high}" if low is not None and high is not None else \
             f">= {low}" if low is not None else f"<= {high}"
@@ -133,37 +138,33 @@ def _unsupported(body: dict) -> None:
         raise _bad("only response_format {\"type\": \"text\"} is supported", "response_format")
 
 
+# The sampling fields a request may carry: OpenAI's, and llama.cpp's extras as llama-server takes them.
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
+
+
 def _sampling(body: dict, *, default_max_tokens: int | None) -> tuple[SamplingParams, int | None]:
     _unsupported(body)
-    chosen: dict[str, Any] = {}
-    for name, kw in (("temperature", dict(low=0, high=2)), ("top_p", dict(low=0, high=1)),
-                     ("min_p", dict(low=0, high=1)), ("repeat_penalty", dict(low=0)),
-                     ("top_k", dict(low=0, integer=True)), ("seed", dict(integer=True))):
-        value = _opt_number(body, name, **kw)
-        if value is not None:
-            chosen[name] = value
-    if chosen.get("top_p") == 0:
-        raise _bad("'top_p' must be greater than 0", "top_p")
-    if chosen.get("repeat_penalty") == 0:
-        raise _bad("'repeat_penalty' must be greater than 0 (1.0 disables it)", "repeat_penalty")
-    if "seed" in chosen:
-        chosen["seed"] = chosen["seed"] % 2**31  # llama.cpp takes a 32-bit seed
-    max_tokens = _opt_number(body, "max_completion_tokens", low=0, integer=True)
-    if max_tokens is None:
-        max_tokens = _opt_number(body, "max_tokens", low=0, integer=True)
-    if max_tokens is None:
-        max_tokens = default_max_tokens
+    # OpenAI's own limits on top of the shared rules (llmlocal.sampling checks types, NaN, ranges).
+    _opt_number(body, "temperature", low=0, high=2)
+    seed = body.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed != RANDOM_SEED:
+        seed %= 2**31  # OpenAI's seed is any integer; llama.cpp takes 32 bits, one of them 'random'
     stop = body.get("stop")
-    if stop is not None:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise _bad("'stop' must be a string or an array of strings", "stop")
-        if len(stop) > MAX_STOP_SEQUENCES:
-            raise _bad(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences", "stop")
-        chosen["stop"] = tuple(s for s in stop if s)
-    params = SamplingParams(**chosen).resolved()
-    return params, max_tokens
+    if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+        raise _bad(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences", "stop")
+    given = {k: body.get(k) for k in _SAMPLING_KEYS}
+    given.update(seed=seed, stop=stop)
+    max_tokens = body.get("max_completion_tokens")
+    given["max_tokens"] = max_tokens if max_tokens is not None else body.get("max_tokens")
+    try:
+        checked = sampling.check(given)
+    except InvalidParameterError as exc:
+        field = exc.field
+        if field == "max_tokens" and body.get("max_completion_tokens") is not None:
+            field = "max_completion_tokens"
+        raise _bad(str(exc).replace("'max_tokens'", f"'{field}'"), field) from None
+    max_tokens = checked.pop("max_tokens", default_max_tokens)
+    return SamplingParams(**checked).resolved(), max_tokens
 
 
 def _stream_options(body: dict) -> tuple[bool, bool]:

@@ -14,9 +14,9 @@ import sys
 import tempfile
 from typing import TextIO
 
-from . import paths
+from . import paths, tabular
 from .chat import PARAMS, ChatSession
-from .errors import LlmlocalError
+from .errors import InputFormatError, LlmlocalError
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -61,6 +61,7 @@ class _Repl:
         self.readline = None
         self.in_block = False  # reading the lines of a """ block (Ctrl-C discards it)
         self.fenced = False  # the last message came from a block: never a slash command
+        self.line_number = 0  # of stdin, for errors in piped input
 
     # -- the loop
 
@@ -74,6 +75,11 @@ class _Repl:
             while True:
                 try:
                     text = self.read_message()
+                except InputFormatError as exc:
+                    if not self.interactive:  # piped input that is not text: stop, as complete does
+                        raise
+                    self.error(exc)
+                    continue
                 except KeyboardInterrupt:
                     if not self.interactive:
                         raise
@@ -129,13 +135,19 @@ class _Repl:
     # -- input
 
     def read_line(self, prompt: str) -> str | None:
+        self.line_number += 1
         if self.interactive:
             try:
-                return input(prompt)
+                return self.checked(input(prompt))
             except EOFError:
                 return None
         line = self.stdin.readline()
-        return line.rstrip("\n").rstrip("\r") if line else None
+        return self.checked(line.rstrip("\n").rstrip("\r")) if line else None
+
+    def checked(self, line: str) -> str:
+        """The line, if it is text; bytes that are not UTF-8 are an error naming the line."""
+        return tabular.check_text(line, "<stdin>" if not self.interactive else "your message",
+                                  line=self.line_number if not self.interactive else None)
 
     def read_message(self) -> str | None:
         """One message: a line, or a block from a line starting with \"\"\" to one ending with it."""

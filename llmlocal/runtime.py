@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import gguf, hardware
 from .errors import InsufficientMemoryError, ModelLoadError, UsageError
+from .sampling import RANDOM_SEED, SamplingParams
 
 if TYPE_CHECKING:
     import numpy as np
@@ -140,39 +141,6 @@ def prefer_batch_invariant_kernels() -> None:
     value the user set wins.
     """
     os.environ.setdefault("GGML_CPU_TILED_MM", "0")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the next token is chosen. temperature 0 means greedy (deterministic)."""
-
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    repeat_last_n: int = 64
-    seed: int | None = None  # None: a fresh random seed, recorded in the result
-    max_tokens: int = 512
-    stop: tuple[str, ...] = ()
-
-    def resolved(self) -> SamplingParams:
-        """A copy with a concrete seed, so the result says how to reproduce it."""
-        if self.seed is not None:
-            return self
-        from dataclasses import replace
-
-        return replace(self, seed=random.randrange(2**31))
-
-    def validate(self) -> None:
-        if self.temperature < 0:
-            raise UsageError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1 or not 0 <= self.min_p <= 1:
-            raise UsageError("top-p must be in (0, 1] and min-p in [0, 1]")
-        if self.repeat_penalty <= 0:
-            raise UsageError("repeat penalty must be > 0 (1.0 disables it)")
-        if self.max_tokens < 0:
-            raise UsageError("max tokens must be >= 0")
 
 
 @dataclass
@@ -488,7 +456,7 @@ class Sampler:
             if params.min_p > 0.0:
                 add(lib.llama_sampler_init_min_p(params.min_p, 1))
             add(lib.llama_sampler_init_temp(params.temperature))
-            seed = params.seed if params.seed is not None else random.randrange(2**31)
+            seed = params.seed if params.seed not in (None, RANDOM_SEED) else random.randrange(2**31)
             add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, idx: int = -1) -> int:

@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import signal
 import socket
 import sys
 import time
@@ -49,6 +50,7 @@ from .worker import Ticket
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+MAX_BODY_MB = 1024  # a body is held in memory while it is parsed
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,39 @@ async def _read_json(request: Request, limit: int) -> Any:
     if not raw.strip():
         raise oai.ApiError(400, "the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise oai.ApiError(400, "the request body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise oai.ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
                            f"column {exc.colno}") from None
+    except RecursionError:
+        raise oai.ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    _check_depth(body)
+    return body
+
+
+# No OpenAI request nests more than a few levels (a tool schema, a dozen); a limit keeps every
+# later step (templates, validation, logging) from recursing on a hostile body.
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name: str) -> None:
+    # Python's json accepts NaN and Infinity, which JSON (RFC 8259) does not; a NaN temperature
+    # would pass every range check.
+    raise oai.ApiError(400, f"the request body is not valid JSON: {name} is not a JSON value")
+
+
+def _check_depth(body: object) -> None:
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise oai.ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -467,6 +496,13 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
              f"{options.parallel} parallel per model{'; API key required' if api_key else ''})")
         if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
             note(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it")
-        server.run(sockets=[sock])
+        # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler
+        # that was there before it; a no-op handler makes that clean stop exit 0, as systemd
+        # and supervisors expect of a service that was asked to stop.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         pool.close()

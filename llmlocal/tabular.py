@@ -242,3 +242,26 @@ def _open(source: str | Path | IO[bytes] | None, *, format: str | None, header: 
         fmt = "jsonl" if first.lstrip().startswith(b"{") else "lines"
         fh, owned = io.BytesIO(data), True
     return _Reader(fh, name=label, format=fmt, header=header, owned=owned)
+
+
+# ---------------------------------------------------------------- free text (a prompt, a message)
+
+
+def read_text(fh: IO[bytes], name: str = STDIN_NAME) -> str:
+    """The whole of a binary stream as text, by the rule every reader here follows: strict UTF-8."""
+    return "".join(text for _, text in decoded_lines(fh, name))
+
+
+def check_text(text: str, name: str, *, line: int | None = None) -> str:
+    """``text`` if it is real Unicode; an InputFormatError if it holds undecodable bytes.
+
+    Python hands command-line arguments and a non-UTF-8 terminal's input over with such bytes
+    smuggled in as lone surrogates (PEP 383), which fail only later, deep in tokenization.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start].encode("utf-8", "surrogateescape")
+        raise InputFormatError(name, f"not valid UTF-8 (byte 0x{bad[0]:02x} at column {exc.start + 1})",
+                               line=line) from None
+    return text

@@ -156,7 +156,7 @@ def test_bad_messages(lm) -> None:
 def test_stream_is_checked_before_the_first_piece(lm) -> None:
     with pytest.raises(ContextOverflowError, match="context holds 1024"):
         lm.stream("word " * 2000)
-    with pytest.raises(UsageError, match="top-p"):
+    with pytest.raises(UsageError, match="top_p"):
         lm.stream(SKY, top_p=0)
 
 

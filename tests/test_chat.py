@@ -220,7 +220,7 @@ def test_set_param_validates_and_returns_the_value(model: Model) -> None:
     assert session.set_param("seed", "random") is None and session.params.seed is None
     assert session.set_param("max_tokens", "64") == 64
     for name, value, message in [("temperature", "-1", "temperature must be >= 0"),
-                                 ("top_p", "2", "top-p must be in"), ("top_k", "1.5", "top_k must be an integer"),
+                                 ("top_p", "2", "top_p must be in (0, 1]"), ("top_k", "1.5", "top_k must be an integer"),
                                  ("max_tokens", "0", "max_tokens must be at least 1"),
                                  ("min_p", "nan", "min_p must be a finite number"),
                                  ("colour", "red", "unknown parameter 'colour'")]:
@@ -252,7 +252,7 @@ def test_save_and_load_round_trip(model: Model, tmp_path: Path) -> None:
     ('{"messages": [{"role": "assistant", "content": "x"}]}', "message 1 should be from the user"),
     ('{"messages": [{"role": "user", "content": "x"}]}', "the last user message has no reply"),
     ('{"messages": [], "params": {"top_k": 2.5}}', "params.top_k must be an integer"),
-    ('{"messages": [], "params": {"temperature": -1}}', "bad params: temperature must be >= 0"),
+    ('{"messages": [], "params": {"temperature": -1}}', "params.temperature must be >= 0"),
     ('{"messages": [], "params": {"colour": 1}}', "unknown param 'colour'"),
 ])
 def test_load_rejects_a_malformed_transcript(model: Model, tmp_path: Path, content: str, problem: str) -> None:
@@ -332,7 +332,7 @@ def test_repl_turn_multiline_and_slash_commands(installed: Path) -> None:
     reply = say(child, "Hi!")
     assert reply.endswith("\r\n\r\n") and reply.strip()
     assert say(child, "/set temperature 0.5") == "temperature = 0.5\r\n"
-    assert say(child, "/set top_p 7").startswith("Error: top-p must be in (0, 1]")
+    assert say(child, "/set top_p 7").startswith("Error: top_p must be in (0, 1]")
     child.sendline('"""')
     child.expect_exact("... ")
     child.sendline("Name a colour.")

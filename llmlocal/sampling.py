@@ -1,0 +1,170 @@
+"""Sampling parameters: their names, types, ranges and defaults, in one place.
+
+Every surface that takes sampling settings (the CLI's options, chat's ``/set`` and transcripts,
+batch lines, the Python API, the server's requests) builds them with
+:meth:`SamplingParams.from_mapping`, so a rule such as "NaN is not a temperature" is written
+once. Surface-specific rules stay with their surface: OpenAI's ``temperature <= 2`` and
+four-stop limit in ``serve/openai_format``, chat's "a reply has at least one token" in chat.
+This module imports nothing heavy, so request parsing never loads llama.cpp.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import InvalidParameterError
+
+# llama.cpp reads seed 0xFFFFFFFF (LLAMA_DEFAULT_SEED) as "pick one at random", so it can never
+# be a reproducible seed; -1 is the conventional way to ask for that (llama-cli, Ollama).
+MAX_SEED = 2**32 - 2
+RANDOM_SEED = -1
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type  # int or float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is not allowed
+    why: str = ""  # appended to the range message
+    interval: bool = False  # state the range as an interval; else only the side that was crossed
+
+
+_RULES: dict[str, _Rule] = {
+    "temperature": _Rule(float, low=0, high=1e6, why="0 is greedy"),
+    "top_p": _Rule(float, low=0, high=1, low_open=True, interval=True),
+    "top_k": _Rule(int, low=0, high=_INT32_MAX, why="0 disables it"),
+    "min_p": _Rule(float, low=0, high=1, interval=True),
+    "repeat_penalty": _Rule(float, low=0, high=1e6, low_open=True, why="1.0 disables it"),
+    "repeat_last_n": _Rule(int, low=0, high=_INT32_MAX),
+    "seed": _Rule(int, low=RANDOM_SEED, high=MAX_SEED, why="-1 picks one at random"),
+    "max_tokens": _Rule(int, low=0, high=_INT32_MAX),
+}
+
+
+def _flag(name: str) -> str:
+    return f"'{name}'"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. temperature 0 means greedy (deterministic)."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    seed: int | None = None  # None: a fresh random seed, recorded in the result
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str] = _flag,
+                     base: SamplingParams | None = None) -> SamplingParams:
+        """Checked parameters from ``obj``; keys that are absent or None keep ``base``'s values.
+
+        ``where`` prefixes messages ("line 3"); ``name`` shows a field as the surface spells it
+        (the CLI passes ``--top-p``). Unknown keys are an error: a misspelt parameter silently
+        ignored is a wrong result.
+
+        Raises:
+            InvalidParameterError: a wrong type, NaN or infinity, or a value out of range.
+        """
+        return replace(base or cls(), **check(obj, where=where, name=name))
+
+    def with_changes(self, **changes: Any) -> SamplingParams:
+        """A copy with some fields changed, checked by the same rules as :meth:`from_mapping`."""
+        return self.from_mapping(changes, base=self)
+
+    def validate(self) -> None:
+        """Check a directly constructed instance by the same rules (the engine's last guard)."""
+        check(self.as_dict())
+
+    def resolved(self) -> SamplingParams:
+        """A copy with a concrete seed, so the result says how to reproduce it."""
+        if self.seed is not None and self.seed != RANDOM_SEED:
+            return self
+        return replace(self, seed=random.randrange(2**31))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingParams))
+
+
+def check(obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str] = _flag) -> dict[str, Any]:
+    """The given (non-None) entries of ``obj``, each checked and normalised (see from_mapping)."""
+    prefix = f"{where}: " if where else ""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if value is None:
+            continue
+        if key == "stop":
+            out["stop"] = normalise_stop(value, where=where, name=name)
+            continue
+        rule = _RULES.get(key)
+        if rule is None:
+            raise InvalidParameterError(f"{prefix}unknown sampling parameter {name(key)}; known: "
+                                        + ", ".join(name(k) for k in FIELDS), field=key)
+        out[key] = _check_number(key, value, rule, prefix, name)
+    return out
+
+
+def parse_value(key: str, text: str) -> int | float:
+    """One parameter's value from text (chat's ``/set top_p 0.9``), checked."""
+    rule = _RULES.get(key)
+    if rule is None:
+        raise InvalidParameterError(f"unknown sampling parameter '{key}'", field=key)
+    try:
+        value = rule.kind(text.strip())
+    except ValueError:
+        what = "an integer" if rule.kind is int else "a number"
+        raise InvalidParameterError(f"{key} must be {what}, got '{text}'", field=key) from None
+    return _check_number(key, value, rule, "", lambda k: k)
+
+
+def normalise_stop(value: Any, *, where: str = "", name: Callable[[str], str] = _flag) -> tuple[str, ...]:
+    """A stop string or list of them as a tuple; empty strings dropped (they would stop at once)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+        prefix = f"{where}: " if where else ""
+        raise InvalidParameterError(f"{prefix}{name('stop')} must be a string or a list of strings", field="stop")
+    return tuple(s for s in value if s)
+
+
+def _check_number(key: str, value: Any, rule: _Rule, prefix: str, name: Callable[[str], str]) -> int | float:
+    what = "an integer" if rule.kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidParameterError(f"{prefix}{name(key)} must be {what}, not {type(value).__name__} {value!r}",
+                                    field=key)
+    if rule.kind is int and isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise InvalidParameterError(f"{prefix}{name(key)} must be {what}, got {value!r}", field=key)
+        value = int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidParameterError(f"{prefix}{name(key)} must be a finite number, got {value!r}", field=key)
+    too_low = rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low)
+    too_high = rule.high is not None and value > rule.high
+    if too_low or too_high:
+        if rule.interval:
+            bounds = f"in {'(' if rule.low_open else '['}{_num(rule.low)}, {_num(rule.high)}]"
+        elif too_low:
+            bounds = f"{'>' if rule.low_open else '>='} {_num(rule.low)}"
+        else:
+            bounds = f"<= {_num(rule.high)}"
+        why = f" ({rule.why})" if rule.why else ""
+        raise InvalidParameterError(f"{prefix}{name(key)} must be {bounds}{why}; got {value!r}", field=key)
+    return rule.kind(value)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
