@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import atomic, sampling
-from .errors import ContextOverflowError, InputFormatError, UsageError
+from .errors import ContextOverflowError, InputFormatError, OutputNotWritableError, UsageError
 from .generate import Completion, Generator, tokenize_prompt
 from .runtime import Model
 from .sampling import SamplingParams
@@ -277,7 +277,12 @@ class ChatSession:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the transcript as JSON, atomically; returns the path written."""
         target = Path(path).expanduser()
-        atomic.write_text(target, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        try:
+            atomic.write_text(target, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        except IsADirectoryError:
+            raise OutputNotWritableError(str(path), "it is a directory") from None
+        except OSError as exc:
+            raise OutputNotWritableError(str(path), exc.strerror or str(exc)) from None
         return target
 
     def load(self, path: str | os.PathLike[str]) -> None:

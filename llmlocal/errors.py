@@ -176,7 +176,7 @@ class OutputNotWritableError(LlmlocalError, PermissionError):
     def __init__(self, path: str, reason: str) -> None:
         self.path, self.reason = path, reason
         super().__init__(f"cannot write {path}: {reason}",
-                         hint="choose an output path in a writable directory (-o)")
+                         hint="choose an output path in a writable directory")
 
 
 class ResumeMismatchError(LlmlocalError, ValueError):

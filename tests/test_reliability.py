@@ -156,3 +156,20 @@ def test_serve_max_body_is_checked_as_a_usage_error(value) -> None:
     result = CliRunner().invoke(cli, ["serve", "--max-body-mb", value])
     assert result.exit_code == 2, result.output
     assert_clean_error(result.stderr, "--max-body-mb must be a number of megabytes above 0")
+
+
+# ---------------------------------------------------------------- messages that name the right thing
+
+
+def test_chat_save_error_names_the_path_typed_not_a_temporary_file(smollm2, tmp_path) -> None:
+    from llmlocal import chat
+    from llmlocal.errors import OutputNotWritableError
+    from llmlocal.runtime import LoadOptions, Model
+
+    with Model(smollm2, LoadOptions(n_ctx=256)) as model:
+        session = chat.ChatSession(model, template=model.chat_template())
+        typed = str(tmp_path / "no-such-dir" / "t.json")
+        with pytest.raises(OutputNotWritableError) as err:
+            session.save(typed)
+        assert str(err.value) == f"cannot write {typed}: No such file or directory"
+        assert ".tmp" not in str(err.value) and "-o" not in err.value.hint
