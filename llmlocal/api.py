@@ -114,8 +114,7 @@ class LocalModel:
         """
         model = self._model()
         params = sampling_params(sampling)
-        tokens, _ = generate.fit_prompt(model, prompt, raw=raw, system=system, template=None,
-                                        max_tokens=params.max_tokens, truncate=False)
+        tokens, _ = generate.prompt_tokens(model, prompt, raw=raw, system=system, max_tokens=params.max_tokens)
         return self._run(tokens, params)
 
     def chat(self, messages: list[dict], **sampling: Any) -> str:
@@ -132,9 +131,7 @@ class LocalModel:
             if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) \
                     or not isinstance(msg.get("content"), str):
                 raise UsageError(f"messages[{i}] must be a dict with string 'role' and 'content'")
-        tokens = generate.tokenize_prompt(model, model.render_chat(messages), raw=False)
-        if len(tokens) >= model.n_ctx:
-            raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
+        tokens, _ = generate.prompt_tokens(model, messages)
         return "".join(self._run(tokens, params))
 
     def batch(self, prompts: list[str | list[dict]], *, parallel: int = 8, raw: bool = False,
@@ -170,22 +167,20 @@ class LocalModel:
     def _run(self, tokens: list[int], params: SamplingParams) -> Iterator[str]:
         """Drive one generation, refusing to interleave it with another or to outlive close()."""
         self._check_idle()
-        inner = self._generator.stream(tokens, params)  # lazy: nothing runs before the first next()
+        inner = self._generator.stream(tokens, params)  # lazy: nothing is evaluated before the first piece
 
         def drive() -> Iterator[str]:
             self._check_idle()  # again: two streams may be created before either starts
             self._streaming = True
             self.last = None
             try:
-                while True:
-                    self._model()  # after close() the context is freed; calling into it would crash
-                    try:
-                        piece = next(inner)
-                    except StopIteration as done:
-                        self.last = done.value
-                        return
+                self._model()  # after close() the context is freed; calling into it would crash
+                for piece in inner:
                     yield piece
+                    self._model()
+                self.last = inner.completion
             finally:
+                inner.close()
                 self._streaming = False
 
         return drive()

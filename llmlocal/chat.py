@@ -164,17 +164,13 @@ class ChatSession:
         started = first_at = time.perf_counter()
         stream = self.generator.stream(tokens, self.params)
         try:
-            while True:
-                try:
-                    piece = next(stream)
-                except StopIteration as done:
-                    result: Completion = done.value
-                    break
+            for piece in stream:
                 if not pieces:
                     first_at = time.perf_counter()
                 pieces.append(piece)
                 if on_text is not None:
                     on_text(piece)
+            result = stream.result()
         except KeyboardInterrupt:
             stream.close()
             kept = "".join(pieces)

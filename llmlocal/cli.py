@@ -411,8 +411,8 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
     params = _sampling(kw)
     loaded = _load(kw)
     try:
-        tokens, dropped = generate.fit_prompt(loaded.model, text, raw=raw, system=system, template=None,
-                                              max_tokens=params.max_tokens, truncate=truncate)
+        tokens, dropped = generate.prompt_tokens(loaded.model, text, raw=raw, system=system,
+                                                 max_tokens=params.max_tokens, truncate=truncate)
         if dropped:
             click.echo(f"note: prompt truncated: dropped the first {dropped} tokens to fit the "
                        f"{loaded.model.n_ctx}-token context", err=True)

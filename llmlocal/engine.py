@@ -17,7 +17,6 @@ KV cache while in use: sequences ``0 .. n_parallel-1`` are its slots.
 
 from __future__ import annotations
 
-import codecs
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import ContextOverflowError, UsageError
-from .generate import Completion, _StopFilter, common_prefix
+from .decoding import TokenDecoder
+from .generate import Completion, common_prefix
 from .runtime import Model, Sampler, SamplingParams
 
 # Wait for another sequence to evaluate a shared prompt start only if it saves this many tokens:
@@ -123,11 +123,9 @@ class _Slot:
     n_past: int = 0  # tokens[:n_past] are in the KV cache
     n_prompt: int = 0
     shared: int = 0
-    produced: int = 0
     admitted_order: int = 0
     sampler: Sampler | None = None
-    decoder: Any = None
-    stops: _StopFilter | None = None
+    decoder: TokenDecoder | None = None
     waiting_on: _Slot | None = None  # another slot evaluating a prompt start this one will copy
     wait_until: int = 0  # ... once that slot has this many tokens in the cache
     batch_index: int = -1  # where this slot's logits are in the current batch (-1: none)
@@ -340,18 +338,17 @@ class Engine:
             slot.handle = handle
             slot.tokens = list(req.tokens)
             slot.n_prompt = len(req.tokens)
-            slot.n_past = slot.shared = slot.produced = 0
+            slot.n_past = slot.shared = 0
             slot.admitted_order = self._admitted
             self._admitted += 1
             slot.sampler = self.model.sampler(req.params)
             keep = req.params.repeat_last_n
             for t in req.tokens[-keep:] if keep > 0 else []:
                 slot.sampler.accept(t)  # repeat penalties see the prompt, as in Generator.stream
-            slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            slot.stops = _StopFilter(req.params.stop)
+            slot.decoder = TokenDecoder(self.model, req.params, n_ctx=self.n_ctx_seq, ignore_eos=self.ignore_eos)
             handle.state = "prefill"
-            if req.params.max_tokens == 0:  # as Generator: nothing to generate, "length"
-                events.append(self._finish(slot, "length"))
+            if slot.decoder.done:  # max_tokens 0: nothing to generate, "length", as Generator
+                events.append(self._finish(slot, slot.decoder.finish_reason))
                 continue
             slot.waiting_on = None
             if self.share_prefix:
@@ -400,43 +397,24 @@ class Engine:
                 self._plan_share(slot)  # the shared start is in the cache now: copy it
 
     def _sample(self, slot: _Slot, events: list[Event]) -> None:
-        params = slot.handle.request.params
         token = slot.sampler.sample(slot.batch_index)
         self.stats.gen_tokens += 1
-        model = self.model
-        if model.is_eog(token) and not self.ignore_eos:
-            self._flush_text(slot, events)
-            events.append(self._finish(slot, "stop"))
-            return
-        slot.produced += 1
-        out = slot.stops.feed(slot.decoder.decode(model.piece(token)))
+        decoder = slot.decoder
+        out = decoder.push(token, len(slot.tokens) + 1)
         if out:
             events.append(TokenText(slot.handle, out))
-        if slot.stops.stopped:
-            events.append(self._finish(slot, "stop"))
-            return
-        slot.tokens.append(token)
-        if slot.produced >= params.max_tokens:
-            self._flush_text(slot, events)
-            events.append(self._finish(slot, "length"))
-        elif len(slot.tokens) >= self.n_ctx_seq:
-            self._flush_text(slot, events)
-            events.append(self._finish(slot, "context"))
-
-    def _flush_text(self, slot: _Slot, events: list[Event]) -> None:
-        tail = slot.stops.feed(slot.decoder.decode(b"", final=True))
-        if not slot.stops.stopped:
-            tail += slot.stops.flush()
-        if tail:
-            events.append(TokenText(slot.handle, tail))
+        if decoder.done:
+            events.append(self._finish(slot, decoder.finish_reason))
+        else:
+            slot.tokens.append(token)
 
     def _finish(self, slot: _Slot, reason: str) -> Finished:
         handle = slot.handle
         now = time.perf_counter()
         prefilled = handle.prefilled_at if handle.prefilled_at is not None else now
         handle.completion = Completion(
-            text=slot.stops.text, finish_reason=reason, prompt_tokens=slot.n_prompt,
-            completion_tokens=slot.produced, cached_tokens=slot.shared,
+            text=slot.decoder.text, finish_reason=reason, prompt_tokens=slot.n_prompt,
+            completion_tokens=slot.decoder.produced, cached_tokens=slot.shared,
             prompt_seconds=prefilled - handle.admitted_at, gen_seconds=now - prefilled,
             params=asdict(handle.request.params),
         )
@@ -459,7 +437,7 @@ class Engine:
         self.model.kv_remove(slot.seq)  # cells shared with other sequences stay theirs
         if slot.sampler is not None:
             slot.sampler.close()
-        slot.handle = slot.sampler = slot.decoder = slot.stops = slot.waiting_on = None
+        slot.handle = slot.sampler = slot.decoder = slot.waiting_on = None
         slot.tokens = []
         slot.n_past = slot.n_prompt = 0
         slot.batch_index = -1

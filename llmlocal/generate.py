@@ -6,14 +6,16 @@ evaluates only what differs from them: a chat turn re-uses the whole conversatio
 
 from __future__ import annotations
 
-import codecs
 import os
 import time
-from collections.abc import Callable, Iterator
+import collections.abc as cabc
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from .decoding import Stream, TokenDecoder
 from .errors import ContextOverflowError, UsageError
-from .runtime import Model, SamplingParams
+from .runtime import Model
+from .sampling import SamplingParams
 
 
 @dataclass
@@ -46,45 +48,6 @@ class Completion:
     def timings(self) -> dict:
         return {"prompt_seconds": round(self.prompt_seconds, 4), "gen_seconds": round(self.gen_seconds, 4),
                 "prompt_tokens_per_second": round(self.prompt_tps, 2), "gen_tokens_per_second": round(self.gen_tps, 2)}
-
-
-class _StopFilter:
-    """Holds back text that might be the start of a stop sequence; cuts at a full match."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.text = ""
-        self.emitted = 0
-        self.stopped = False
-
-    def feed(self, chunk: str) -> str:
-        self.text += chunk
-        if not self.stops:
-            out, self.emitted = self.text[self.emitted:], len(self.text)
-            return out
-        window = max(len(s) for s in self.stops)
-        start = max(0, self.emitted - window)
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-        if hits:
-            cut = min(hits)
-            self.text = self.text[:cut]
-            self.stopped = True
-            out, self.emitted = self.text[self.emitted:], len(self.text)
-            return out
-        hold = 0
-        for s in self.stops:  # the longest tail of text that begins some stop sequence
-            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        safe = len(self.text) - hold
-        out = self.text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return out
-
-    def flush(self) -> str:
-        out, self.emitted = self.text[self.emitted:], len(self.text)
-        return out
 
 
 def common_prefix(a: list[int], b: list[int], limit: int) -> int:
@@ -121,13 +84,19 @@ class Generator:
         self.model.kv_remove(self.seq_id, n, -1)
         return n
 
-    def stream(self, tokens: list[int], params: SamplingParams) -> Iterator[str]:
-        """Yield text as it is generated; the generator's return value is the Completion."""
-        model = self.model
+    def stream(self, tokens: list[int], params: SamplingParams) -> Stream:
+        """The text as it is generated; the Stream's ``completion`` holds the result afterwards.
+
+        Bad parameters and a prompt that does not fit raise here, before the first piece.
+        """
         params.validate()
         params = params.resolved()  # a random seed is drawn here and recorded in the Completion
-        if len(tokens) >= model.n_ctx:
-            raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
+        if len(tokens) >= self.model.n_ctx:
+            raise ContextOverflowError(len(tokens), self.model.n_ctx, needed=len(tokens) + 1)
+        return Stream(self._generate(tokens, params))
+
+    def _generate(self, tokens: list[int], params: SamplingParams) -> cabc.Generator[str, None, Completion]:
+        model = self.model
         started = time.perf_counter()
         reused = self._prepare(tokens)
         todo = tokens[reused:]
@@ -138,53 +107,33 @@ class Generator:
         sampler = model.sampler(params)
         for t in tokens[-params.repeat_last_n:] if params.repeat_last_n > 0 else []:
             sampler.accept(t)  # repeat penalties see the prompt, as in llama-cli
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = _StopFilter(params.stop)
-        produced = 0
-        finish = "length"
+        decoder = TokenDecoder(model, params, n_ctx=model.n_ctx)
         try:
-            while produced < params.max_tokens:
-                if len(self.cached) >= model.n_ctx:
-                    finish = "context"
-                    break
+            while not decoder.done:
                 token = sampler.sample()
-                if model.is_eog(token):
-                    finish = "stop"
-                    break
-                produced += 1
-                out = stops.feed(decoder.decode(model.piece(token)))
+                out = decoder.push(token, len(self.cached) + 1)
                 if out:
                     yield out
-                if stops.stopped:
-                    finish = "stop"
+                if decoder.done:
                     break
                 model.decode_one(token, len(self.cached), self.seq_id)
                 self.cached.append(token)
-            else:
-                finish = "length"
-            if not stops.stopped:
-                tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
-                if tail:
-                    yield tail
         finally:
             sampler.close()
         return Completion(
-            text=stops.text, finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=produced,
-            cached_tokens=reused, prompt_seconds=prompt_done - started,
+            text=decoder.text, finish_reason=decoder.finish_reason or "length", prompt_tokens=len(tokens),
+            completion_tokens=decoder.produced, cached_tokens=reused, prompt_seconds=prompt_done - started,
             gen_seconds=time.perf_counter() - prompt_done, params=asdict(params),
         )
 
     def complete(self, tokens: list[int], params: SamplingParams,
                  on_text: Callable[[str], None] | None = None) -> Completion:
         """Run :meth:`stream` to the end, calling ``on_text`` with each piece."""
-        it = self.stream(tokens, params)
-        while True:
-            try:
-                piece = next(it)
-            except StopIteration as done:
-                return done.value
+        stream = self.stream(tokens, params)
+        for piece in stream:
             if on_text is not None:
                 on_text(piece)
+        return stream.result()
 
 
 def build_prompt(model: Model, text: str, *, raw: bool, system: str | None = None,
@@ -192,7 +141,7 @@ def build_prompt(model: Model, text: str, *, raw: bool, system: str | None = Non
     """The text the model sees: ``text`` as-is (raw), or one user turn in the chat template."""
     if raw:
         if system:
-            raise UsageError("--system needs a chat template; it cannot be used with --raw")
+            raise UsageError("a system prompt needs a chat template; it cannot be used with a raw prompt")
         return text
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     return model.render_chat(messages, template=template)
@@ -204,25 +153,42 @@ def tokenize_prompt(model: Model, prompt: str, *, raw: bool) -> list[int]:
     return model.tokenize(prompt, add_special=raw)
 
 
-def fit_prompt(model: Model, text: str, *, raw: bool, system: str | None, template: str | None,
-               max_tokens: int, truncate: bool) -> tuple[list[int], int]:
-    """Tokens for ``text``, refusing (or with ``truncate``, shortening) a prompt that cannot fit.
+def prompt_tokens(model: Model, prompt: str | Sequence[dict], *, raw: bool = False, system: str | None = None,
+                  template: str | None = None, max_tokens: int = 0, truncate: bool = False,
+                  n_ctx: int | None = None) -> tuple[list[int], int]:
+    """The tokens the model sees for ``prompt``, checked against the context: the one way every
+    surface builds a prompt.
 
-    Truncation drops the start of the user's text, never the template or system prompt, and
-    leaves room for min(max_tokens, n_ctx/2) new tokens. Returns (tokens, tokens dropped).
+    ``prompt`` is a text (as-is with ``raw``, else one user turn in the chat template) or a list of
+    chat messages; ``system`` goes first unless the messages have their own. A prompt that does
+    not fit ``n_ctx`` (default: the model's context) raises ContextOverflowError, or, for a text
+    with ``truncate``, loses the start of the text (never the template or the system prompt),
+    leaving room for min(max_tokens, n_ctx/2) new tokens. Returns (tokens, tokens dropped).
     """
-    tokens = tokenize_prompt(model, build_prompt(model, text, raw=raw, system=system, template=template), raw=raw)
-    if len(tokens) < model.n_ctx:
+    n_ctx = n_ctx or model.n_ctx
+    if not isinstance(prompt, str):
+        messages = list(prompt)
+        if system is not None and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
+        tokens = tokenize_prompt(model, model.render_chat(messages, template=template), raw=False)
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + 1)
+        return tokens, 0
+    tokens = tokenize_prompt(model, build_prompt(model, prompt, raw=raw, system=system, template=template), raw=raw)
+    if len(tokens) < n_ctx:
         return tokens, 0
     if not truncate:
-        raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
-    budget = model.n_ctx - max(1, min(max_tokens, model.n_ctx // 2))
-    body = model.tokenize(text, add_special=False, parse_special=False)
+        raise ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + 1)
+    budget = n_ctx - max(1, min(max_tokens, n_ctx // 2))
+    body = model.tokenize(prompt, add_special=False, parse_special=False)
     overhead = len(tokens) - len(body)
     keep = budget - overhead
     if keep <= 0:
-        raise ContextOverflowError(overhead, model.n_ctx)
+        raise ContextOverflowError(overhead, n_ctx)
     dropped = len(body) - keep
     shortened = model.detokenize(body[dropped:])
     tokens = tokenize_prompt(model, build_prompt(model, shortened, raw=raw, system=system, template=template), raw=raw)
     return tokens, dropped
+
+
+fit_prompt = prompt_tokens  # batch.py's name until it moves to prompt_tokens

@@ -323,11 +323,11 @@ class Api:
         if req.kind == "completion":
             if not req.prompt:
                 raise oai.ApiError(400, "'prompt' is empty", param="prompt")
-            return generate.tokenize_prompt(model, req.prompt, raw=True)
+            return generate.prompt_tokens(model, req.prompt, raw=True, n_ctx=resident.n_ctx_seq)[0]
         if resident.template is None:
             raise oai.ApiError(400, f"{resident.name} has no chat template (a base model): use /v1/completions "
                                "with the prompt as-is", param="model")
-        return generate.tokenize_prompt(model, model.render_chat(req.messages, template=resident.template), raw=False)
+        return generate.prompt_tokens(model, req.messages, template=resident.template, n_ctx=resident.n_ctx_seq)[0]
 
     def _end(self, resident: Resident, ticket: Ticket) -> None:
         """The request is over (or its client left): free the engine slot and the model."""

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from llmlocal import generate, hardware
 from llmlocal.cli import cli
-from llmlocal.generate import Generator, _StopFilter
+from llmlocal.decoding import StopFilter as _StopFilter
+from llmlocal.generate import Generator
 from llmlocal.runtime import LoadOptions, Model, SamplingParams
 from tests.models import SMOLLM2_SHA256
 
@@ -66,12 +67,9 @@ def chat_tokens(model: Model, text: str) -> list[int]:
 
 
 def run_stream(gen: Generator, tokens: list[int], params: SamplingParams) -> tuple[list[str], generate.Completion]:
-    chunks, it = [], gen.stream(tokens, params)
-    while True:
-        try:
-            chunks.append(next(it))
-        except StopIteration as done:
-            return chunks, done.value
+    stream = gen.stream(tokens, params)
+    chunks = list(stream)
+    return chunks, stream.completion
 
 
 # ---------------------------------------------------------------- reproducibility and streaming
