@@ -899,8 +899,9 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
       llmlocal serve -m smollm2-135m -m gemma3-270m-base --parallel 8
       LLMLOCAL_API_KEY=secret llmlocal serve --host 0.0.0.0
     """
-    from . import hardware, server
-    from .pool import PoolOptions
+    from . import hardware
+    from .serve import app as server
+    from .serve.pool import PoolOptions
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port number (0-65535)")

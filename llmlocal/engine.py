@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ContextOverflowError, UsageError
+from .errors import ContextOverflowError, DecodeError, UsageError
 from .decoding import TokenDecoder
 from .generate import Completion, common_prefix
 from .runtime import Model, Sampler, SamplingParams
@@ -66,11 +66,6 @@ class Handle:
     @property
     def done(self) -> bool:
         return self.state in ("finished", "failed", "cancelled")
-
-    @property
-    def queued_seconds(self) -> float:
-        end = self.admitted_at if self.admitted_at is not None else self.finished_at
-        return (end - self.submitted_at) if end is not None else 0.0
 
     def __repr__(self) -> str:
         return f"<Handle #{self.number} {self.state} tag={self.request.tag!r}>"
@@ -267,7 +262,7 @@ class Engine:
         started = time.perf_counter()
         try:
             self.model.decode(tokens, positions, seqs, logits)
-        except RuntimeError as exc:
+        except DecodeError as exc:
             for slot, _ in scheduled:
                 events.append(self._fail(slot, exc))
             return events

@@ -140,6 +140,16 @@ class ModelLoadError(LlmlocalError, RuntimeError):
     """llama.cpp refused to load a model (corrupt file, unsupported architecture)."""
 
 
+class DecodeError(LlmlocalError, RuntimeError):
+    """llama_decode refused a batch; ``code`` is its return value (1: no room in the KV cache)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        what = {1: "no room left in the KV cache", 2: "aborted"}.get(code, "see the log with verbose on")
+        super().__init__(f"llama.cpp could not evaluate the batch (llama_decode returned {code}: {what})",
+                         hint="use a larger context, or fewer parallel sequences" if code == 1 else None)
+
+
 class InsufficientMemoryError(LlmlocalError, MemoryError):
     """The model and its KV cache would not fit in available RAM."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import gguf, hardware
-from .errors import InsufficientMemoryError, ModelLoadError, UsageError
+from .errors import DecodeError, InsufficientMemoryError, ModelLoadError, UsageError
 from .sampling import RANDOM_SEED, SamplingParams
 
 if TYPE_CHECKING:
@@ -167,16 +167,6 @@ class LoadOptions:
 
 
 _POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
-
-
-@dataclass
-class Timings:
-    load_s: float = 0.0
-    prompt_tokens: int = 0
-    prompt_s: float = 0.0
-    gen_tokens: int = 0
-    gen_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def check_fits(info: gguf.GGUFInfo, n_ctx: int) -> gguf.MemoryEstimate:
@@ -352,7 +342,7 @@ class Model:
         b = self._batch
         n = len(tokens)
         if n > self.options.n_batch:
-            raise ValueError(f"batch of {n} exceeds n_batch {self.options.n_batch}")
+            raise UsageError(f"batch of {n} tokens exceeds the context's batch size {self.options.n_batch}")
         for i in range(n):
             b.token[i] = tokens[i]
             b.pos[i] = positions[i]
@@ -362,7 +352,8 @@ class Model:
                 b.seq_id[i][0] = ids
             else:
                 if len(ids) > max(self.options.n_seq_max, 1):
-                    raise ValueError(f"token in {len(ids)} sequences exceeds n_seq_max {self.options.n_seq_max}")
+                    raise UsageError(f"a token in {len(ids)} sequences exceeds the context's "
+                                     f"{self.options.n_seq_max} sequences")
                 b.n_seq_id[i] = len(ids)
                 for k, sid in enumerate(ids):
                     b.seq_id[i][k] = sid
@@ -370,7 +361,7 @@ class Model:
         b.n_tokens = n
         rc = _llama_decode(self._lib, self._ctx, b)
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed ({rc}): " + ("KV cache full" if rc == 1 else "see --verbose"))
+            raise DecodeError(rc)
 
     def decode_one(self, token: int, pos: int, seq_id: int = 0) -> None:
         """The per-token hot path of generation: one token, logits on."""
@@ -383,7 +374,7 @@ class Model:
         b.n_tokens = 1
         rc = _llama_decode(self._lib, self._ctx, b)
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed ({rc})")
+            raise DecodeError(rc)
 
     def eval_prompt(self, tokens: list[int], *, start: int = 0, seq_id: int = 0, logits_last: bool = True) -> None:
         """Evaluate ``tokens`` at positions ``start...`` for one sequence, in n_batch chunks."""

@@ -16,7 +16,7 @@ import pytest
 
 from llmlocal import generate
 from llmlocal.engine import Engine, Finished, Request, TokenText
-from llmlocal.errors import ContextOverflowError, UsageError
+from llmlocal.errors import ContextOverflowError, DecodeError, UsageError
 from llmlocal.runtime import LoadOptions, Model, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
@@ -250,12 +250,13 @@ def test_a_failed_decode_fails_only_its_sequences(quad: Model, monkeypatch):
     def flaky(*args, **kw):  # a fake is enough: llama_decode's own failure modes need a full KV cache
         calls["n"] += 1
         if calls["n"] == 3:
-            raise RuntimeError("llama_decode failed (1): KV cache full")
+            raise DecodeError(1)  # what runtime raises for llama_decode's "KV cache full"
         return real(*args, **kw)
 
     monkeypatch.setattr(quad, "decode", flaky)
     results = [res for _, res in engine.run(requests)]
-    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+    assert [type(r) for r in results] == [DecodeError, DecodeError]
+    assert results[0].code == 1 and isinstance(results[0], RuntimeError)
     assert engine.stats.failed == 2 and engine.idle
     # The engine is usable afterwards.
     monkeypatch.setattr(quad, "decode", real)

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from llmlocal import openai_format as oai
+from llmlocal.serve import openai_format as oai
 
 CHAT = [{"role": "user", "content": "hi"}]
 

@@ -88,7 +88,7 @@ def test_the_installed_hub_client_meets_the_declared_minimum_and_its_errors_map(
     assert isinstance(mapped, NetworkError) and "cannot reach the Hub" in str(mapped)
 
 
-@pytest.mark.parametrize("module", ["llmlocal.sampling", "llmlocal.openai_format", "llmlocal.catalog"])
+@pytest.mark.parametrize("module", ["llmlocal.sampling", "llmlocal.serve.openai_format", "llmlocal.catalog"])
 def test_pure_modules_do_not_load_llama_cpp(module) -> None:
     import subprocess
 

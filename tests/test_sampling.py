@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmlocal import openai_format as oai
+from llmlocal.serve import openai_format as oai
 from llmlocal import sampling
 from llmlocal.errors import InvalidParameterError, UsageError
 from llmlocal.sampling import FIELDS, SamplingParams

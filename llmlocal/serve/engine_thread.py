@@ -15,9 +15,9 @@ import queue
 import threading
 from collections.abc import Callable
 
-from .engine import Engine, Event, Failed, Finished, Handle, Request
-from .errors import ContextOverflowError, UsageError
-from .runtime import Model
+from ..engine import Engine, Event, Failed, Finished, Handle, Request
+from ..errors import ContextOverflowError, UsageError
+from ..runtime import Model
 
 Deliver = Callable[[Event], None]
 

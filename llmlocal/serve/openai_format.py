@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import sampling
-from .errors import InvalidParameterError
-from .sampling import RANDOM_SEED, SamplingParams
+from .. import sampling
+from ..errors import InvalidParameterError
+from ..sampling import RANDOM_SEED, SamplingParams
 
 # OpenAI's legacy completions endpoint generates 16 tokens unless told otherwise; chat runs to
 # the end of the turn (or of the context).

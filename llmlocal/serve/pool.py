@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import catalog, chat, classify, embedding, gguf, loader, store
-from .catalog import ModelSpec
-from .errors import BusyError, UnknownModelError, UsageError
-from .worker import GenerationWorker
+from .. import catalog, chat, classify, embedding, gguf, loader, store
+from ..catalog import ModelSpec
+from ..errors import BusyError, UnknownModelError, UsageError
+from .engine_thread import GenerationWorker
 
 T = TypeVar("T")
 

@@ -33,10 +33,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import __version__, classify, generate, loader, store
+from .. import __version__, classify, generate, loader, store
 from . import openai_format as oai
-from .engine import Failed, Finished, Request as EngineRequest, TokenText
-from .errors import (
+from ..engine import Failed, Finished, Request as EngineRequest, TokenText
+from ..errors import (
     BusyError,
     ContextOverflowError,
     InsufficientMemoryError,
@@ -46,7 +46,7 @@ from .errors import (
     UsageError,
 )
 from .pool import ModelPool, PoolOptions, Resident
-from .worker import Ticket
+from .engine_thread import Ticket
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -466,7 +466,7 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
     error is its own response."""
     import uvicorn
 
-    from . import runtime
+    from .. import runtime
 
     note = on_note or (lambda text: print(text, file=sys.stderr, flush=True))
     options = options or PoolOptions()
