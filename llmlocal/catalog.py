@@ -23,6 +23,10 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 PURPOSES = ("chat", "base", "embedding")
+# Chat template families a GGUF without its own template can use (chat.FAMILIES holds their
+# text; a test keeps the two lists equal), and "none" for a model that has no chat format.
+TEMPLATE_FAMILIES = ("chatml", "llama3", "gemma", "phi3", "mistral", "none")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _QUANT = re.compile(r"(?i)(?:^|[._-])((?:IQ|Q)\d(?:_[A-Z0-9]+)*|F16|BF16|F32)(?=\.gguf$|[._-])")
 
@@ -113,9 +117,19 @@ def _parse_entry(entry: object, source: str, index: int) -> ModelSpec:
         raise CatalogError(source, f"purpose must be one of {PURPOSES}", entry=label)
     if entry.get("size", 1) <= 0 or entry.get("context", 1) <= 0:
         raise CatalogError(source, "size and context must be positive", entry=label)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", entry["name"]):
-        raise CatalogError(source, "name may hold letters, digits, '.', '_' and '-' only", entry=label)
+    if entry.get("template", "") not in ("", *TEMPLATE_FAMILIES):
+        raise CatalogError(source, f"template must be one of {TEMPLATE_FAMILIES}", entry=label)
+    problem = name_problem(entry["name"])
+    if problem:
+        raise CatalogError(source, problem, entry=label)
     return ModelSpec(**entry, source=source)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a catalogue name, or None if it can."""
+    if not _NAME.fullmatch(name):
+        return "name may hold letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+    return None
 
 
 def load_catalog() -> dict[str, ModelSpec]:
@@ -152,11 +166,13 @@ def resolve(ref: str, *, sha256: str | None = None, catalog: dict[str, ModelSpec
     if sha256 is not None and not _HEX64.match(sha256.lower()):
         raise UsageError(f"--sha256 must be 64 hex characters, got {sha256!r}")
     sha256 = sha256.lower() if sha256 else None
+    # Loaded even for an hf: reference, which does not need it: a broken user catalogue fails
+    # every command, not only those that name a catalogue model.
+    catalog = load_catalog() if catalog is None else catalog
     if ref.startswith("hf:"):
         repo, file, revision = parse_hf_reference(ref)
         return ModelSpec(name=ref, repo=repo, file=file, revision=revision, sha256=sha256,
                          description="Hugging Face reference")
-    catalog = load_catalog() if catalog is None else catalog
     if ref in catalog:
         spec = catalog[ref]
         return replace(spec, sha256=sha256) if sha256 and sha256 != spec.sha256 else spec
@@ -188,6 +204,19 @@ def entry_toml(spec: ModelSpec) -> str:
         if isinstance(value, int):
             lines.append(f"{f.name} = {value}")
         else:
-            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{f.name} = "{escaped}"')
+            lines.append(f"{f.name} = {_toml_string(str(value))}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string. Control characters must be escaped: an imported file's name or its
+    header's architecture string may hold a newline, which would end the string mid-entry."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -48,6 +48,16 @@ class CatalogError(LlmlocalError, ValueError):
         self.path, self.entry, self.problem = path, entry, problem
 
 
+class ConfigError(LlmlocalError, ValueError):
+    """The home's config.toml is unreadable, not TOML, or holds a bad or unknown setting."""
+
+    def __init__(self, path: str, problem: str, *, key: str | None = None) -> None:
+        where = f"{path}" + (f", key '{key}'" if key else "")
+        super().__init__(f"{where}: {problem}",
+                         hint="fix or delete the file (see README: Usage); a missing file means the defaults")
+        self.path, self.key, self.problem = path, key, problem
+
+
 class UnknownModelError(LlmlocalError, KeyError):
     """A model name that is neither in the catalogue nor a file nor an hf: reference."""
 
