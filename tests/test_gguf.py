@@ -203,8 +203,9 @@ def test_fabricated_v2_with_custom_alignment_and_no_file_type(tmp_path: Path) ->
            _kv("toy.block_count", 4, struct.pack("<I", 2)),
            _kv("toy.attention.head_count_kv", 9, struct.pack("<IQ2I", 4, 2, 2, 4)),  # per layer
            _kv("toy.flag", 7, b"\x01"), _kv("toy.scale", 12, struct.pack("<d", 0.5)),
-           _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 300) + _str("tok") * 300),
-           _kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 300) + b"\0" * 1200)]
+           # Distinct tokens: llama.cpp aborts on a vocabulary that holds one twice.
+           _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 600) + b"".join(_str(f"t{i}") for i in range(600))),
+           _kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 600) + b"\0" * 2400)]
     # 64x64 Q8_0 (4352 bytes) outweighs 64 F32 (256 bytes): the fallback names Q8_0.
     tensors = [("w", (64, 64), 8, 64 * 64 // 32 * 34), ("b", (64,), 0, 256)]
     info = _read(tmp_path, _gguf(kvs, tensors, version=2, alignment=64))
@@ -214,8 +215,8 @@ def test_fabricated_v2_with_custom_alignment_and_no_file_type(tmp_path: Path) ->
     assert info.head_count_kv == 4  # the largest per-layer value: a safe bound for the KV cache
     assert info.metadata["toy.attention.head_count_kv"] == [2, 4]
     assert (info.metadata["toy.flag"], info.metadata["toy.scale"]) == (True, 0.5)
-    assert info.metadata["tokenizer.ggml.tokens"] == "<array of 300>" and info.vocab_size == 300
-    assert info.metadata["tokenizer.ggml.scores"] == "<array of 300>"
+    assert info.metadata["tokenizer.ggml.tokens"] == "<array of 600>" and info.vocab_size == 600
+    assert info.metadata["tokenizer.ggml.scores"] == "<array of 600>"
     assert info.chat_template is None and info.name is None
 
 
@@ -231,7 +232,6 @@ def test_fabricated_v2_with_custom_alignment_and_no_file_type(tmp_path: Path) ->
     (_gguf([_kv("toy.big", 9, struct.pack("<IQ", 8, 2**60))]), "corrupt: array 'toy.big' at byte"),
     (_gguf([_kv("toy.nest", 9, struct.pack("<IQ", 9, 1))]), "corrupt: array 'toy.nest' has unsupported"),
     (_gguf([ARCH, _kv("toy.odd", 13, b"\0" * 8)]), "corrupt: unknown value type 13 for key 'toy.odd' at byte"),
-    (_gguf([ARCH], [("w", (32,), 99, 0)]), "corrupt: tensor 'w' has unknown ggml type 99"),
     (_gguf([ARCH], [("w", (1, 1, 1, 1, 1), 0, 4)]), "corrupt: tensor 'w' has 5 dimensions"),
     (_gguf([ARCH], [("w", (33,), 2, 18)]), "corrupt: tensor 'w' row of 33 is not a multiple of 32"),
     (_gguf([ARCH, _kv("general.alignment", 4, struct.pack("<I", 48))]), "corrupt: general.alignment is 48"),
@@ -249,3 +249,17 @@ def test_string_array_with_a_huge_item_length(tmp_path: Path) -> None:
     raw = _gguf([ARCH, _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 300) + items)])
     with pytest.raises(GGUFError, match=r"corrupt: string at byte \d+ claims 1099511627776 bytes"):
         _read(tmp_path, raw)
+
+
+def test_unknown_ggml_type_is_unknown_not_corrupt(tmp_path: Path) -> None:
+    # A quantisation newer than this table (issue #13): llama.cpp from after it may load the
+    # file, so it is read, named "unknown", and its bytes counted from where its tensors lie.
+    tensors = [("w", (256, 4), 99, 640), ("b", (64,), 0, 256)]
+    info = _read(tmp_path, _gguf([ARCH], tensors))
+    assert info.quantisation == "unknown"
+    assert info.parameter_count == 256 * 4 + 64
+    assert info.tensor_data_size == 640 + 256  # "w" takes up to "b"; "b" is a known F32
+    assert info.data_offset + info.tensor_data_size == info.file_size
+    # With a known type holding most bytes, that one names the file.
+    info = _read(tmp_path, _gguf([ARCH], [("w", (32,), 99, 32), ("b", (256,), 0, 1024)]))
+    assert info.quantisation == "F32" and info.tensor_data_size == 32 + 1024
