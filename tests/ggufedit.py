@@ -7,6 +7,7 @@ of llmlocal.gguf, so a bug there cannot hide itself here.
 
 from __future__ import annotations
 
+import shutil
 import struct
 from pathlib import Path
 
@@ -40,9 +41,13 @@ def encode(vtype: int, value) -> bytes:
     return struct.pack(fmt, value)
 
 
-def read_kv(path: Path) -> tuple[bytes, dict[str, tuple[int, bytes]], bytes, bytes]:
-    """(version bytes, {key: (type, value bytes)}, tensor table bytes, tensor data)."""
-    raw = path.read_bytes()
+_HEADER_BYTES = 16 << 20  # the test models' headers (vocabularies included) are smaller
+
+
+def read_kv(path: Path) -> tuple[bytes, dict[str, tuple[int, bytes]], bytes, int]:
+    """(version bytes, {key: (type, value bytes)}, tensor table bytes, where the data starts)."""
+    with path.open("rb") as fh:
+        raw = fh.read(_HEADER_BYTES)
     version = raw[4:8]
     n_tensors, n_kv = struct.unpack_from("<QQ", raw, 8)
     pos, kv = 24, {}
@@ -62,12 +67,17 @@ def read_kv(path: Path) -> tuple[bytes, dict[str, tuple[int, bytes]], bytes, byt
     if "general.alignment" in kv:
         alignment = struct.unpack("<I", kv["general.alignment"][1])[0]
     data_start = -(-pos // alignment) * alignment
-    return version, kv, struct.pack("<Q", n_tensors) + raw[table_start:pos], raw[data_start:]
+    return version, kv, struct.pack("<Q", n_tensors) + raw[table_start:pos], data_start
 
 
-def rewrite(src: Path, dst: Path, edits: dict[str, tuple[int, object] | None]) -> Path:
-    """Copy ``src`` to ``dst`` with keys set to (type, value), or removed where None."""
-    version, kv, table, data = read_kv(src)
+def rewrite(src: Path, dst: Path, edits: dict[str, tuple[int, object] | None], *,
+            weights: bool = True) -> Path:
+    """Copy ``src`` to ``dst`` with keys set to (type, value), or removed where None.
+
+    ``weights=False`` leaves the tensor data a hole of zeros (a sparse file: fast to make), for
+    tests that read only the header.
+    """
+    version, kv, table, data_start = read_kv(src)
     for key, edit in edits.items():
         if edit is None:
             kv.pop(key, None)
@@ -79,5 +89,23 @@ def rewrite(src: Path, dst: Path, edits: dict[str, tuple[int, object] | None]) -
         out += encode(STRING, key) + struct.pack("<I", vtype) + value
     out += table
     out += b"\0" * (-len(out) % 32)
-    dst.write_bytes(out + data)
+    data_size = src.stat().st_size - data_start
+    with src.open("rb") as fh_in, dst.open("wb") as fh_out:
+        fh_out.write(out)
+        if weights:
+            fh_in.seek(data_start)
+            shutil.copyfileobj(fh_in, fh_out, 1 << 20)
+        else:
+            fh_out.truncate(len(out) + data_size)
     return dst
+
+
+def tokens(src: Path) -> list[str]:
+    """The vocabulary of ``src``."""
+    raw = read_kv(src)[1]["tokenizer.ggml.tokens"][1]
+    count, pos, out = struct.unpack_from("<Q", raw, 4)[0], 12, []
+    for _ in range(count):
+        n = struct.unpack_from("<Q", raw, pos)[0]
+        out.append(raw[pos + 8 : pos + 8 + n].decode())
+        pos += 8 + n
+    return out
