@@ -604,7 +604,13 @@ def import_file(path: str | os.PathLike[str], name: str, *, template: str | None
     try:
         spec = replace(spec, sha256=result.installed.sha256, size=result.installed.size)
         text = _user_catalog_text(user_text, existing, spec, str(user))
-        atomic.write_text(user, text)
+        try:
+            atomic.write_text(user, text)
+        except OSError as exc:
+            raise StorePermissionError(
+                f"cannot write {user}: {exc.strerror or exc}; nothing was imported",
+                hint="fix the llmlocal home's permissions (or free space), or set LLMLOCAL_HOME",
+            ) from None
     except BaseException:
         _restore_manifest(name, before, result.installed.sha256)
         raise

@@ -156,3 +156,77 @@ def test_corrupt_user_catalogue_is_reported_by_every_command(home):
 def test_debug_shows_traceback_only_when_asked(home):
     assert "Traceback" not in run("pull", "nope").output
     assert "Traceback" in run("--debug", "pull", "nope").output
+
+
+# ---------------------------------------------------------------- import: all or nothing
+
+
+def _store_files(home) -> list[str]:
+    """Every file in the home, so a test can say nothing was left behind."""
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and p.parent.name != "locks")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--name", "bad name!"], "Error: bad model name 'bad name!': name may hold letters, digits"),
+    (["--name", "-dash"], "Error: bad model name '-dash'"),
+    (["--name", "ok", "--template", "chatml2"], "Error: unknown template 'chatml2'; choose one of: chatml,"),
+])
+def test_import_refuses_bad_arguments_before_installing_anything(home, args, message):
+    # Issue #12 item 6: the model was installed, then the user was told to fix a models.toml
+    # that had never been written.
+    result = run("import", str(smollm2_path()), *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(message) and "models.toml" not in result.output
+    assert not home.exists() or _store_files(home) == []
+
+
+def test_import_of_a_name_taken_leaves_the_first_import_alone(home):
+    assert run("import", str(smollm2_path()), "--name", "mine").exit_code == 0
+    before = {f: (home / f).read_bytes() for f in _store_files(home) if not f.startswith("blobs/")}
+    result = run("import", str(smollm2_path()), "--name", "mine", "--template", "chatml")
+    assert result.exit_code == 2 and "pass --force" in result.output
+    assert {f: (home / f).read_bytes() for f in _store_files(home) if not f.startswith("blobs/")} == before
+
+
+def test_import_failing_after_the_copy_takes_the_copy_back(home):
+    # The catalogue is written last; when that fails the blob and manifest already exist, so
+    # the import must remove them again. The home itself is made unwritable, its subdirectories not.
+    for sub in ("blobs", "manifests", "locks"):
+        (home / sub).mkdir(parents=True)
+    restore = _make_unwritable(home)
+    try:
+        result = run("import", str(smollm2_path()), "--name", "mine")
+    finally:
+        restore()
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: cannot write {home / 'models.toml'}: ")
+    assert "nothing was imported" in result.output and "Traceback" not in result.output
+    assert _store_files(home) == []
+    assert "mine" not in catalog.load_catalog()
+
+
+def test_import_keeps_the_users_comments_and_force_frees_the_old_bytes(home, tmp_path):
+    home.mkdir(parents=True)
+    (home / "models.toml").write_text("# my models, by hand\n")
+    assert run("import", str(smollm2_path()), "--name", "mine").exit_code == 0
+    assert (home / "models.toml").read_text().startswith("# my models, by hand\n\n[[models]]\nname = \"mine\"")
+    # Another file under the same name: the old bytes, which no name points at now, are freed.
+    other = tmp_path / "other.gguf"
+    shutil.copy(smollm2_path(), other)
+    with open(other, "ab") as fh:
+        fh.write(b"\0" * 32)  # still a valid GGUF: padding after the last tensor
+    assert run("import", str(other), "--name", "mine", "--force").exit_code == 0, "forced import"
+    spec = catalog.load_catalog()["mine"]
+    assert spec.sha256 != SMOLLM2_SHA256
+    assert [f for f in _store_files(home) if f.startswith("blobs/")] == [f"blobs/sha256-{spec.sha256}.gguf"]
+
+
+def test_import_records_a_file_name_with_a_newline_and_quotes(home, tmp_path):
+    # The catalogue entry is TOML written by hand; a control character must be escaped, not
+    # written raw (which ended the string and made the import fail after installing).
+    odd = tmp_path / 'we"ird\nname.gguf'
+    os.link(smollm2_path(), odd)
+    result = run("import", str(odd), "--name", "odd")
+    assert result.exit_code == 0, result.output
+    spec = catalog.load_catalog()["odd"]
+    assert spec.file == odd.name and spec.path == str(odd)
