@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -144,13 +145,56 @@ def test_home_under_a_file_is_one_clear_error(tmp_path, monkeypatch):
     assert result.output.startswith("Error: cannot write to the llmlocal home")
 
 
-def test_corrupt_user_catalogue_is_reported_by_every_command(home):
-    home.mkdir(parents=True)
-    (home / "models.toml").write_text("[[models]]\nname = 'x'\nsha256 = 'nothex'\n")
-    for args in (["models"], ["pull", "smollm2-135m"], ["info", "smollm2-135m"]):
+def test_corrupt_user_catalogue_is_reported_by_every_command(installed):
+    # ls, verify, rm and an hf: reference did not read the catalogue, so they went on as if the
+    # README's "an invalid user catalogue fails every command" did not hold (issue #12 item 12).
+    (installed / "models.toml").write_text("[[models]]\nname = 'x'\nsha256 = 'nothex'\n")
+    for args in (["models"], ["pull", "smollm2-135m"], ["info", "smollm2-135m"], ["ls"], ["ls", "--json"],
+                 ["verify"], ["verify", "smollm2-135m"], ["rm", "smollm2-135m"],
+                 ["pull", "hf:org/repo/f.gguf"], ["info", str(smollm2_path())],
+                 ["import", str(smollm2_path()), "--name", "mine"]):
         result = run(*args)
         assert result.exit_code == 1, args
-        assert "models.toml, entry 'x'" in result.output
+        assert result.output.splitlines() == [
+            f"Error: {installed / 'models.toml'}, entry 'x': missing 'file'",
+            "  hint: fix the file (see README: Catalogue) and retry"], args
+    assert (installed / "manifests" / "smollm2-135m.json").exists()  # rm did nothing
+
+
+def test_serve_refuses_to_start_on_a_corrupt_user_catalogue(installed):
+    # It used to report healthy and then answer every request with a 500.
+    (installed / "models.toml").write_text("[[models]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "llmlocal", "serve", "--port", "0"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        first = proc.stderr.readline()  # "serving on ..." before the fix: then it never exits
+        assert first.startswith(f"Error: {installed / 'models.toml'}: invalid TOML"), first
+        assert proc.wait() == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_verify_names_a_model_whose_bytes_vanished(installed):
+    (installed / "blobs" / f"sha256-{GEMMA_BASE_SHA256}.gguf").unlink()
+    result = run("verify")
+    assert result.exit_code == 1
+    assert "MISSING   gemma3-270m-base:" in result.output and "ok        smollm2-135m" in result.output
+
+
+def test_a_manifest_cannot_point_outside_the_blobs(installed):
+    # A manifest's sha256 becomes a path (blobs/sha256-<hash>.gguf); `rm` must not delete a file
+    # a damaged or planted manifest names outside blobs/.
+    victim = installed.parent / "victim.gguf"
+    victim.write_text("keep me")
+    (installed / "blobs" / "sha256-x").mkdir()
+    forged = {"name": "forged", "sha256": "x/../../../victim", "file": "f.gguf", "size": 7, "source": "file"}
+    (installed / "manifests" / "forged.json").write_text(json.dumps(forged))
+    assert "forged" not in {m["name"] for m in json.loads(run("ls", "--json").output)["models"]}
+    result = run("rm", "forged")
+    assert result.exit_code == 1 and "not installed" in result.output
+    assert victim.read_text() == "keep me"
 
 
 def test_debug_shows_traceback_only_when_asked(home):
