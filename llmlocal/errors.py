@@ -53,8 +53,8 @@ class ConfigError(LlmlocalError, ValueError):
 
     def __init__(self, path: str, problem: str, *, key: str | None = None) -> None:
         where = f"{path}" + (f", key '{key}'" if key else "")
-        super().__init__(f"{where}: {problem}",
-                         hint="fix or delete the file (see README: Usage); a missing file means the defaults")
+        super().__init__(f"{where}: {problem}", hint="fix or delete the file (see README: Where things "
+                         "live); a missing file means the defaults")
         self.path, self.key, self.problem = path, key, problem
 
 
