@@ -49,6 +49,7 @@ def test_parse_good_entry():
         (lambda t: t.replace("size = 10", 'size = "10"'), "'size' must be int"),
         (lambda t: t + t, "duplicate name"),
         (lambda t: t.replace("[[models]]", "[[models]"), "invalid TOML"),
+        (lambda t: t + 'template = "chatml2"\n', "template must be one of ('chatml', 'llama3',"),
     ],
 )
 def test_bad_entries_name_file_entry_and_problem(mutation, problem):
@@ -111,3 +112,15 @@ def test_missing_path_is_a_usage_error(tmp_path):
 def test_bad_sha256_option():
     with pytest.raises(UsageError):
         catalog.resolve("hf:org/repo/f.gguf", sha256="xyz")
+
+
+def test_template_families_are_the_ones_chat_knows():
+    from llmlocal import chat
+
+    assert catalog.TEMPLATE_FAMILIES == (*chat.FAMILIES, "none")
+
+
+def test_entry_toml_reads_back_whatever_the_strings_hold():
+    spec = catalog.ModelSpec(name="odd", file='a "b"\\c\n\x00\x7f\u00e9.gguf', sha256="ab" * 32, path="/x/y\tz",
+                             description="line one\nline two", source="u.toml")
+    assert catalog.parse_catalog(catalog.entry_toml(spec), "u.toml") == {"odd": spec}
