@@ -386,6 +386,9 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
     from huggingface_hub import errors as hf
 
     where = f"{spec.repo}/{spec.file}@{spec.revision}"
+    if isinstance(exc, hf.OfflineModeIsEnabled):  # a ConnectionError: not a broken transfer
+        return OfflineError(f"'{spec.name}' is not installed and HF_HUB_OFFLINE forbids downloading it",
+                            hint="unset HF_HUB_OFFLINE to download it, or pull it on a connected machine")
     if isinstance(exc, hf.GatedRepoError):
         return GatedModelError(f"'{spec.name}' is gated on the Hub ({spec.repo})",
                                hint=f"accept its licence at https://huggingface.co/{spec.repo} and set HF_TOKEN")
@@ -407,7 +410,7 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
                                    hint=f"set HF_TOKEN and accept the licence at https://huggingface.co/{spec.repo}")
         return NetworkError(f"the Hub answered {status} for {where}",
                             hint="try again later; a partial download is kept and resumes")
-    if isinstance(exc, (httpx2.ConnectError, ConnectionRefusedError)):
+    if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, ConnectionRefusedError)):
         return NetworkError(f"cannot reach the Hub for '{spec.name}': {exc.__class__.__name__}: {exc}",
                             hint="check your connection (or HF_ENDPOINT); run the same pull again to resume")
     if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):

@@ -274,3 +274,16 @@ def test_import_records_a_file_name_with_a_newline_and_quotes(home, tmp_path):
     assert result.exit_code == 0, result.output
     spec = catalog.load_catalog()["odd"]
     assert spec.file == odd.name and spec.path == str(odd)
+
+
+def test_hf_hub_offline_is_reported_as_offline_not_as_a_broken_download(home):
+    # huggingface_hub's OfflineModeIsEnabled is a ConnectionError; it was reported as "the
+    # connection broke off" with the false hint that pulling again would resume. A child
+    # process: huggingface_hub reads HF_HUB_OFFLINE once, when first imported.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    done = subprocess.run([sys.executable, "-m", "llmlocal", "pull", "hf:org/repo/f.gguf"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "Error: 'hf:org/repo/f.gguf' is not installed and HF_HUB_OFFLINE forbids downloading it",
+        "  hint: unset HF_HUB_OFFLINE to download it, or pull it on a connected machine"]
