@@ -287,3 +287,35 @@ def test_hf_hub_offline_is_reported_as_offline_not_as_a_broken_download(home):
     assert done.stderr.splitlines() == [
         "Error: 'hf:org/repo/f.gguf' is not installed and HF_HUB_OFFLINE forbids downloading it",
         "  hint: unset HF_HUB_OFFLINE to download it, or pull it on a connected machine"]
+
+
+def test_manifest_write_failing_after_the_blob_moved_keeps_no_invisible_blob(tmp_path, monkeypatch):
+    # The verified bytes were renamed into blobs/ and then the manifest could not be written:
+    # a blob no name points at (ls and rm never see it), and "0 bytes kept for resuming".
+    # A tmpfs with no inode to spare for the manifest fails exactly there.
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        home = mount / "home"
+        for sub in ("blobs", "manifests", "locks"):
+            (home / sub).mkdir(parents=True)
+        monkeypatch.setenv("LLMLOCAL_HOME", str(home))
+        used = os.statvfs(mount).f_files - os.statvfs(mount).f_ffree
+        # Room for the lock file and the partial copy, none for the manifest's temporary file.
+        subprocess.run(["mount", "-o", f"remount,nr_inodes={used + 2}", str(mount)], check=True)
+        result = run("pull", "smollm2-135m", "--quiet")
+        assert result.exit_code == 1
+        assert result.output.startswith("Error: disk full while writing 'smollm2-135m' (98,362,432 bytes kept")
+        assert sorted(p.name for p in (home / "blobs").iterdir()) == [f"sha256-{SMOLLM2_SHA256}.partial"]
+        assert list((home / "manifests").iterdir()) == []
+        subprocess.run(["mount", "-o", "remount,nr_inodes=1000", str(mount)], check=True)
+        assert run("pull", "smollm2-135m", "--quiet").exit_code == 0
+        assert [m["name"] for m in json.loads(run("ls", "--json").output)["models"]] == ["smollm2-135m"]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
