@@ -157,11 +157,13 @@ def parse_hf_reference(ref: str) -> tuple[str, str, str]:
     return "/".join(parts[:2]), "/".join(parts[2:]), revision or "main"
 
 
-def resolve(ref: str, *, sha256: str | None = None, catalog: dict[str, ModelSpec] | None = None) -> ModelSpec:
+def resolve(ref: str, *, sha256: str | None = None, catalog: dict[str, ModelSpec] | None = None,
+            files: bool = True) -> ModelSpec:
     """Turn a model reference into a ModelSpec.
 
     ``sha256`` pins an hf: reference (or checks a path). Unknown names raise UnknownModelError
-    with the closest catalogue names.
+    with the closest catalogue names. With ``files=False`` a reference is never looked up as a
+    path: a server's network clients must learn nothing about the files on it.
     """
     if sha256 is not None and not _HEX64.match(sha256.lower()):
         raise UsageError(f"--sha256 must be 64 hex characters, got {sha256!r}")
@@ -176,19 +178,36 @@ def resolve(ref: str, *, sha256: str | None = None, catalog: dict[str, ModelSpec
     if ref in catalog:
         spec = catalog[ref]
         return replace(spec, sha256=sha256) if sha256 and sha256 != spec.sha256 else spec
-    candidate = Path(ref).expanduser()
-    if ref.endswith(".gguf") or candidate.is_file() or "/" in ref or "\\" in ref:
-        if not candidate.is_file():
+    if not files:
+        raise UnknownModelError(ref, _close_names(ref, catalog))
+    try:
+        candidate = Path(ref).expanduser()
+    except RuntimeError:  # "~nosuchuser/...": no home directory to expand to
+        candidate = Path(ref)
+    if ref.endswith(".gguf") or _is_file(candidate) or "/" in ref or "\\" in ref:
+        if not _is_file(candidate):
             raise UsageError(f"no such model file: {ref}")
         resolved = candidate.resolve()
         return ModelSpec(name=resolved.stem, file=resolved.name, sha256=sha256, path=str(resolved),
                          size=resolved.stat().st_size, description="local file")
+    raise UnknownModelError(ref, _close_names(ref, catalog))
+
+
+def _close_names(ref: str, catalog: dict[str, ModelSpec]) -> list[str]:
     lowered = {name.lower(): name for name in catalog}
     # "qwen" should suggest the qwen family first, then names that are spelt alike.
     prefixed = [n for n in lowered if n.startswith(ref.lower())]
     close = prefixed + [n for n in difflib.get_close_matches(ref.lower(), list(lowered), n=3, cutoff=0.5)
                         if n not in prefixed]
-    raise UnknownModelError(ref, [lowered[c] for c in close[:3]])
+    return [lowered[c] for c in close[:3]]
+
+
+def _is_file(path: Path) -> bool:
+    # A reference too long for a file name (ENAMETOOLONG) is simply not a file.
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def entry_toml(spec: ModelSpec) -> str:

@@ -124,3 +124,21 @@ def test_entry_toml_reads_back_whatever_the_strings_hold():
     spec = catalog.ModelSpec(name="odd", file='a "b"\\c\n\x00\x7f\u00e9.gguf', sha256="ab" * 32, path="/x/y\tz",
                              description="line one\nline two", source="u.toml")
     assert catalog.parse_catalog(catalog.entry_toml(spec), "u.toml") == {"odd": spec}
+
+
+@pytest.mark.parametrize("ref", ["a" * 300, "~nosuchuser-llmlocal/model.gguf", "~nosuchuser-llmlocal"])
+def test_odd_references_are_unknown_or_missing_never_an_os_error(ref):
+    # A name too long for a file name raised OSError (ENAMETOOLONG), "~nosuchuser" RuntimeError.
+    with pytest.raises((UnknownModelError, UsageError)):
+        catalog.resolve(ref)
+
+
+def test_without_files_a_path_is_only_an_unknown_name(tmp_path):
+    # The server resolves its clients' model names this way: whether a path exists on the
+    # server must not change the answer ("no such model file" against "unknown model").
+    real = tmp_path / "real.gguf"
+    real.write_bytes(b"GGUF")
+    for ref in (str(real), str(tmp_path / "absent.gguf")):
+        with pytest.raises(UnknownModelError):
+            catalog.resolve(ref, files=False)
+    assert catalog.resolve("smollm2-135m", files=False).name == "smollm2-135m"

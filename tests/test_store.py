@@ -319,3 +319,8 @@ def test_manifest_write_failing_after_the_blob_moved_keeps_no_invisible_blob(tmp
         assert [m["name"] for m in json.loads(run("ls", "--json").output)["models"]] == ["smollm2-135m"]
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_info_ctx_zero_is_a_usage_error_not_the_default(installed):
+    result = run("info", "smollm2-135m", "--ctx", "0")
+    assert result.exit_code == 2 and "context size must be positive, got 0" in result.output
