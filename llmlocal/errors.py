@@ -130,11 +130,11 @@ class StorePermissionError(LlmlocalError, PermissionError):
 class GGUFError(LlmlocalError, ValueError):
     """A file is not a GGUF model, or is truncated or corrupt."""
 
-    def __init__(self, path: str, problem: str) -> None:
+    def __init__(self, path: str, problem: str, *, hint: str | None = None) -> None:
         self.path, self.problem = path, problem
         super().__init__(
             f"{path}: {problem}",
-            hint="re-download it (`llmlocal pull`, or `llmlocal verify` to check the store)",
+            hint=hint or "re-download it (`llmlocal pull`, or `llmlocal verify` to check the store)",
         )
 
 

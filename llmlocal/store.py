@@ -38,6 +38,7 @@ from .errors import (
     ChecksumMismatchError,
     DiskSpaceError,
     GatedModelError,
+    GGUFError,
     NetworkError,
     NotInstalledError,
     OfflineError,
@@ -343,6 +344,8 @@ def _finish(spec: ModelSpec, partial: Path, fh: _HashingFile, *, source: str, co
     if spec.sha256 and actual != spec.sha256:
         partial.unlink(missing_ok=True)
         raise ChecksumMismatchError(spec.name, str(partial), spec.sha256, actual, deleted=True)
+    if not spec.sha256:
+        _check_header(spec, partial)
     blob = blob_path(actual)
     shared = blob.is_file()  # the same bytes under another name
     os.replace(partial, blob)
@@ -359,6 +362,20 @@ def _finish(spec: ModelSpec, partial: Path, fh: _HashingFile, *, source: str, co
     if not spec.sha256 and spec.repo:
         print(f"{spec.name}: sha256 {actual} (not pinned; pass --sha256 {actual} to pin it)", file=sys.stderr)
     return inst
+
+
+def _check_header(spec: ModelSpec, partial: Path) -> None:
+    """Unpinned bytes (a path, an hf: reference) become a model only if they are a readable GGUF:
+    a README pulled by mistake must not sit in the store as one."""
+    from . import gguf
+
+    try:
+        gguf.read_gguf(partial)
+    except GGUFError as exc:
+        partial.unlink(missing_ok=True)
+        raise GGUFError(spec.path or spec.name, f"{exc.problem}; nothing was installed",
+                        hint="only GGUF model files can be pulled: check the file name in the reference"
+                        ) from None
 
 
 def _install_from_files(spec: ModelSpec, sources: list[Path], *, progress: bool) -> PullResult:
@@ -585,6 +602,17 @@ def import_file(path: str | os.PathLike[str], name: str, *, template: str | None
         raise UsageError(f"unknown template '{template}'; choose one of: {', '.join(catalog.TEMPLATE_FAMILIES)}")
     source = Path(path).resolve()
     info = gguf.read_gguf(source)  # refuse a truncated or foreign file before registering it
+    _ensure_dirs()
+    from filelock import FileLock
+
+    # Two imports at once would each add their entry to the models.toml they read: one lost.
+    with FileLock(str(paths.locks_dir() / "models.toml.lock")):
+        return _import(source, info, name, template=template, force=force)
+
+
+def _import(source: Path, info, name: str, *, template: str | None, force: bool) -> ModelSpec:
+    from . import catalog
+
     user = paths.user_catalog_path()
     bundled_and_user = catalog.load_catalog()  # a broken user catalogue fails here, not after the copy
     user_text = user.read_text(encoding="utf-8") if user.is_file() else ""
@@ -601,7 +629,6 @@ def import_file(path: str | os.PathLike[str], name: str, *, template: str | None
                      f"{info.quantisation}")
     # The hash is not known before the copy; any 64 hex digits show whether the entry can be written.
     _user_catalog_text(user_text, existing, replace(spec, sha256="0" * 64), str(user))
-    _ensure_dirs()
     before = _read_manifest(_manifest_path(name))
     result = _install_from_files(spec, [source], progress=False)
     try:

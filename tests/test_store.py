@@ -324,3 +324,15 @@ def test_manifest_write_failing_after_the_blob_moved_keeps_no_invisible_blob(tmp
 def test_info_ctx_zero_is_a_usage_error_not_the_default(installed):
     result = run("info", "smollm2-135m", "--ctx", "0")
     assert result.exit_code == 2 and "context size must be positive, got 0" in result.output
+
+
+def test_pulling_a_file_that_is_not_a_gguf_installs_nothing(home, tmp_path):
+    # An unpinned source has no hash to vouch for it: it was installed as a model, whatever it held.
+    notes = tmp_path / "notes.gguf"
+    notes.write_text("hello, this is not a model\n")
+    result = run("pull", str(notes), "--quiet")
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: {notes}: not a GGUF file (starts with b'hell'); nothing was installed",
+        "  hint: only GGUF model files can be pulled: check the file name in the reference"]
+    assert _store_files(home) == []
