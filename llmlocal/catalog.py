@@ -27,7 +27,7 @@ PURPOSES = ("chat", "base", "embedding")
 # text; a test keeps the two lists equal), and "none" for a model that has no chat format.
 TEMPLATE_FAMILIES = ("chatml", "llama3", "gemma", "phi3", "mistral", "none")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _QUANT = re.compile(r"(?i)(?:^|[._-])((?:IQ|Q)\d(?:_[A-Z0-9]+)*|F16|BF16|F32)(?=\.gguf$|[._-])")
 
 
@@ -111,7 +111,7 @@ def _parse_entry(entry: object, source: str, index: int) -> ModelSpec:
         if not isinstance(value, want) or isinstance(value, bool):
             raise CatalogError(source, f"'{key}' must be {want.__name__}, got {value!r}", entry=label)
     sha = entry["sha256"]
-    if not _HEX64.match(sha):
+    if not _HEX64.fullmatch(sha):
         raise CatalogError(source, f"sha256 must be 64 lowercase hex characters, got {sha!r}", entry=label)
     if entry.get("purpose", "chat") not in PURPOSES:
         raise CatalogError(source, f"purpose must be one of {PURPOSES}", entry=label)
@@ -165,7 +165,7 @@ def resolve(ref: str, *, sha256: str | None = None, catalog: dict[str, ModelSpec
     with the closest catalogue names. With ``files=False`` a reference is never looked up as a
     path: a server's network clients must learn nothing about the files on it.
     """
-    if sha256 is not None and not _HEX64.match(sha256.lower()):
+    if sha256 is not None and not _HEX64.fullmatch(sha256.lower()):
         raise UsageError(f"--sha256 must be 64 hex characters, got {sha256!r}")
     sha256 = sha256.lower() if sha256 else None
     # Loaded even for an hf: reference, which does not need it: a broken user catalogue fails

@@ -49,7 +49,7 @@ from .errors import (
 )
 from .progress import ByteProgress, SilentProgress
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
@@ -135,7 +135,7 @@ def _read_manifest(path: Path) -> Installed | None:
     except (OSError, ValueError, TypeError):
         return None  # a foreign or damaged file is not an installed model
     # The hash becomes a path (blob_path): anything but 64 hex could name a file outside blobs/.
-    if not isinstance(inst.sha256, str) or not _HEX64.match(inst.sha256) or not isinstance(inst.name, str):
+    if not isinstance(inst.sha256, str) or not _HEX64.fullmatch(inst.sha256) or not isinstance(inst.name, str):
         return None
     return inst
 
@@ -519,7 +519,7 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
     except hf_errors as exc:
         raise _hub_error(spec, exc) from exc
     etag = (meta.etag or "").strip('"').lower()
-    if spec.sha256 and _HEX64.match(etag) and etag != spec.sha256:
+    if spec.sha256 and _HEX64.fullmatch(etag) and etag != spec.sha256:
         raise UpstreamChangedError(spec.name, "sha256 (etag)", spec.sha256, etag)
     if spec.size and meta.size and meta.size != spec.size:
         raise UpstreamChangedError(spec.name, "size", str(spec.size), str(meta.size))

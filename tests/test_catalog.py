@@ -44,6 +44,8 @@ def test_parse_good_entry():
         (lambda t: t.replace('sha256 = "' + "ab" * 32 + '"\n', ""), "missing 'sha256'"),
         (lambda t: t.replace("ab" * 32, "zz" * 32), "64 lowercase hex"),
         (lambda t: t.replace("ab" * 32, "ab" * 31), "64 lowercase hex"),
+        # "$" alone lets a trailing newline through, and the hash never matches any bytes.
+        (lambda t: t.replace('"' + "ab" * 32 + '"', '"' + "ab" * 32 + '\\n"'), "64 lowercase hex"),
         (lambda t: t + 'colour = "blue"\n', "unknown field(s) ['colour']"),
         (lambda t: t.replace('purpose = "base"', 'purpose = "art"'), "purpose must be one of"),
         (lambda t: t.replace("size = 10", 'size = "10"'), "'size' must be int"),
