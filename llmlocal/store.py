@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import atomic, paths
 from .catalog import ModelSpec
@@ -48,6 +49,9 @@ from .errors import (
     UsageError,
 )
 from .progress import ByteProgress, SilentProgress
+
+if TYPE_CHECKING:
+    from .gguf import GGUFInfo
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -593,6 +597,8 @@ def import_file(path: str | os.PathLike[str], name: str, *, template: str | None
         UsageError: a bad name or template, or the name is taken (without ``force``).
         GGUFError: the file is not a readable GGUF. CatalogError: the user catalogue is broken.
     """
+    from filelock import FileLock
+
     from . import catalog, gguf
 
     problem = catalog.name_problem(name)
@@ -603,14 +609,12 @@ def import_file(path: str | os.PathLike[str], name: str, *, template: str | None
     source = Path(path).resolve()
     info = gguf.read_gguf(source)  # refuse a truncated or foreign file before registering it
     _ensure_dirs()
-    from filelock import FileLock
-
     # Two imports at once would each add their entry to the models.toml they read: one lost.
     with FileLock(str(paths.locks_dir() / "models.toml.lock")):
         return _import(source, info, name, template=template, force=force)
 
 
-def _import(source: Path, info, name: str, *, template: str | None, force: bool) -> ModelSpec:
+def _import(source: Path, info: GGUFInfo, name: str, *, template: str | None, force: bool) -> ModelSpec:
     from . import catalog
 
     user = paths.user_catalog_path()
