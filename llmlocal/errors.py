@@ -72,9 +72,10 @@ class UnknownModelError(LlmlocalError, KeyError):
 class NotInstalledError(LlmlocalError, FileNotFoundError):
     """The model is known but its bytes are not in the store."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, reason: str | None = None, hint: str | None = None) -> None:
         self.name = name
-        super().__init__(f"model '{name}' is not installed", hint=f"run `llmlocal pull {name}`")
+        super().__init__(f"model '{name}' is not installed" + (f": {reason}" if reason else ""),
+                         hint=hint or f"run `llmlocal pull {name}`")
 
 
 class ChecksumMismatchError(LlmlocalError, OSError):

@@ -300,7 +300,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
                 raise r.fail(f"corrupt: {'duplicate key ' + repr(key) if key else 'empty key'} at byte {at}")
             kv[key] = _read_value(r, r.u32(), key)
         raw_alignment = kv.get("general.alignment", _DEFAULT_ALIGNMENT)
-        alignment = _int(raw_alignment) or 0
+        # A scalar only (gguf.cpp insists on a u32): _int would take a list's largest item.
+        alignment = raw_alignment if isinstance(raw_alignment, int) and not isinstance(raw_alignment, bool) else 0
         if alignment <= 0 or alignment & (alignment - 1):
             raise r.fail(f"corrupt: general.alignment is {raw_alignment!r}, not a power of two")
         tensors = _tensor_infos(r, tensor_count, alignment)

@@ -196,7 +196,15 @@ def model_file(spec: ModelSpec, *, install_bundled: bool = True) -> Path:
         return inst.path
     if install_bundled and bundled_files(spec):
         return pull(spec, offline=True).installed.path
-    raise NotInstalledError(spec.name)
+    raise _not_installed(spec)
+
+
+def _not_installed(spec: ModelSpec) -> NotInstalledError:
+    if spec.path and not Path(spec.path).is_file():
+        # Imported: `pull` copies from that file, so "run llmlocal pull" would fail the same way.
+        return NotInstalledError(spec.name, reason=f"it was imported from {spec.path}, which is gone",
+                                 hint=f"import the file again: `llmlocal import FILE --name {spec.name} --force`")
+    return NotInstalledError(spec.name)
 
 
 def bundled_files(spec: ModelSpec) -> list[Path]:
@@ -262,7 +270,11 @@ def pull(spec: ModelSpec, *, progress: bool = True, offline: bool | None = None)
         if existing is not None:
             return PullResult(existing, already=True)
         before = _read_manifest(_manifest_path(spec.name))
-        sources = bundled_files(spec) or ([Path(spec.path)] if spec.path else [])
+        # An entry's local file (an import) may have moved since: then the Hub, if it names one.
+        local = [Path(spec.path)] if spec.path and Path(spec.path).is_file() else []
+        sources = bundled_files(spec) or local
+        if not sources and spec.path and not spec.repo:
+            raise _not_installed(spec)
         if sources:
             result = _install_from_files(spec, sources, progress=progress)
         elif offline:

@@ -238,6 +238,13 @@ def test_fabricated_v2_with_custom_alignment_and_no_file_type(tmp_path: Path) ->
     (_gguf([ARCH], [("w", (1, 1, 1, 1, 1), 0, 4)]), "corrupt: tensor 'w' has 5 dimensions"),
     (_gguf([ARCH], [("w", (33,), 2, 18)]), "corrupt: tensor 'w' row of 33 is not a multiple of 32"),
     (_gguf([ARCH, _kv("general.alignment", 4, struct.pack("<I", 48))]), "corrupt: general.alignment is 48"),
+    (_gguf([ARCH, _kv("general.alignment", 9, struct.pack("<IQ2I", 4, 2, 32, 64))]),
+     "corrupt: general.alignment is [32, 64]"),
+    (_gguf([ARCH, ARCH]), "corrupt: duplicate key 'general.architecture' at byte"),
+    (_gguf([ARCH], [("w", (32,), 0, 128), ("w", (32,), 0, 128)]), "corrupt: tensor name 'w' is a duplicate"),
+    (_gguf([ARCH], [("w" * 64, (32,), 0, 128)]), f"corrupt: tensor name '{'w' * 64}' is 64 bytes or longer"),
+    (_gguf([ARCH], [("w", (2**62, 4), 0, 0)]), "corrupt: tensor 'w' has shape (4611686018427387904, 4), past"),
+    (_gguf([ARCH], [("w", (2**48,), 0, 0)]), "corrupt: tensor 'w' of shape (281474976710656,) would take"),
     (_gguf([_kv("toy.x", 4, b"\0" * 4)]), "corrupt: no general.architecture"),
 ])
 def test_fabricated_corruption(tmp_path: Path, raw: bytes, problem: str) -> None:

@@ -336,3 +336,19 @@ def test_pulling_a_file_that_is_not_a_gguf_installs_nothing(home, tmp_path):
         f"Error: {notes}: not a GGUF file (starts with b'hell'); nothing was installed",
         "  hint: only GGUF model files can be pulled: check the file name in the reference"]
     assert _store_files(home) == []
+
+
+def test_an_imported_model_whose_file_is_gone_says_to_import_it_again(home, tmp_path):
+    # `pull mine` copied from the vanished file: a bare OSError line with no hint, after
+    # `complete -m mine` had said to run exactly that pull.
+    copy = tmp_path / "mine.gguf"
+    os.link(smollm2_path(), copy)
+    assert run("import", str(copy), "--name", "mine").exit_code == 0
+    assert run("rm", "mine").exit_code == 0
+    copy.unlink()
+    for args in (["pull", "mine"], ["info", "mine"]):
+        result = run(*args)
+        assert result.exit_code == 1, args
+        assert result.output.splitlines() == [
+            f"Error: model 'mine' is not installed: it was imported from {copy}, which is gone",
+            "  hint: import the file again: `llmlocal import FILE --name mine --force`"], args
