@@ -179,3 +179,15 @@ def test_random_bytes_read_or_raise_gguf_error(tmp_path_factory, raw: bytes) -> 
     path = tmp_path_factory.mktemp("rand") / "r.gguf"
     path.write_bytes(raw)
     _read(path)
+
+
+_any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@SETTINGS
+@given(file=_any_text.filter(bool), path=_any_text.map(lambda t: "/" + t), description=_any_text, license=_any_text)
+def test_an_entry_written_for_the_user_catalogue_reads_back_the_same(file, path, description, license) -> None:
+    # import writes entries from a file's name and its header's strings, which may hold anything.
+    spec = catalog.ModelSpec(name="m", file=file, sha256="ab" * 32, path=path, description=description,
+                             license=license, source="/u/models.toml")
+    assert catalog.parse_catalog(catalog.entry_toml(spec), "/u/models.toml") == {"m": spec}
