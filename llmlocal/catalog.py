@@ -23,7 +23,11 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 PURPOSES = ("chat", "base", "embedding")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# Chat template families a GGUF without its own template can use (chat.FAMILIES holds their
+# text; a test keeps the two lists equal), and "none" for a model that has no chat format.
+TEMPLATE_FAMILIES = ("chatml", "llama3", "gemma", "phi3", "mistral", "none")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _QUANT = re.compile(r"(?i)(?:^|[._-])((?:IQ|Q)\d(?:_[A-Z0-9]+)*|F16|BF16|F32)(?=\.gguf$|[._-])")
 
 
@@ -107,15 +111,25 @@ def _parse_entry(entry: object, source: str, index: int) -> ModelSpec:
         if not isinstance(value, want) or isinstance(value, bool):
             raise CatalogError(source, f"'{key}' must be {want.__name__}, got {value!r}", entry=label)
     sha = entry["sha256"]
-    if not _HEX64.match(sha):
+    if not _HEX64.fullmatch(sha):
         raise CatalogError(source, f"sha256 must be 64 lowercase hex characters, got {sha!r}", entry=label)
     if entry.get("purpose", "chat") not in PURPOSES:
         raise CatalogError(source, f"purpose must be one of {PURPOSES}", entry=label)
     if entry.get("size", 1) <= 0 or entry.get("context", 1) <= 0:
         raise CatalogError(source, "size and context must be positive", entry=label)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", entry["name"]):
-        raise CatalogError(source, "name may hold letters, digits, '.', '_' and '-' only", entry=label)
+    if entry.get("template", "") not in ("", *TEMPLATE_FAMILIES):
+        raise CatalogError(source, f"template must be one of {TEMPLATE_FAMILIES}", entry=label)
+    problem = name_problem(entry["name"])
+    if problem:
+        raise CatalogError(source, problem, entry=label)
     return ModelSpec(**entry, source=source)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a catalogue name, or None if it can."""
+    if not _NAME.fullmatch(name):
+        return "name may hold letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+    return None
 
 
 def load_catalog() -> dict[str, ModelSpec]:
@@ -143,36 +157,57 @@ def parse_hf_reference(ref: str) -> tuple[str, str, str]:
     return "/".join(parts[:2]), "/".join(parts[2:]), revision or "main"
 
 
-def resolve(ref: str, *, sha256: str | None = None, catalog: dict[str, ModelSpec] | None = None) -> ModelSpec:
+def resolve(ref: str, *, sha256: str | None = None, catalog: dict[str, ModelSpec] | None = None,
+            files: bool = True) -> ModelSpec:
     """Turn a model reference into a ModelSpec.
 
     ``sha256`` pins an hf: reference (or checks a path). Unknown names raise UnknownModelError
-    with the closest catalogue names.
+    with the closest catalogue names. With ``files=False`` a reference is never looked up as a
+    path: a server's network clients must learn nothing about the files on it.
     """
-    if sha256 is not None and not _HEX64.match(sha256.lower()):
+    if sha256 is not None and not _HEX64.fullmatch(sha256.lower()):
         raise UsageError(f"--sha256 must be 64 hex characters, got {sha256!r}")
     sha256 = sha256.lower() if sha256 else None
+    # Loaded even for an hf: reference, which does not need it: a broken user catalogue fails
+    # every command, not only those that name a catalogue model.
+    catalog = load_catalog() if catalog is None else catalog
     if ref.startswith("hf:"):
         repo, file, revision = parse_hf_reference(ref)
         return ModelSpec(name=ref, repo=repo, file=file, revision=revision, sha256=sha256,
                          description="Hugging Face reference")
-    catalog = load_catalog() if catalog is None else catalog
     if ref in catalog:
         spec = catalog[ref]
         return replace(spec, sha256=sha256) if sha256 and sha256 != spec.sha256 else spec
-    candidate = Path(ref).expanduser()
-    if ref.endswith(".gguf") or candidate.is_file() or "/" in ref or "\\" in ref:
-        if not candidate.is_file():
+    if not files:
+        raise UnknownModelError(ref, _close_names(ref, catalog))
+    try:
+        candidate = Path(ref).expanduser()
+    except RuntimeError:  # "~nosuchuser/...": no home directory to expand to
+        candidate = Path(ref)
+    if ref.endswith(".gguf") or _is_file(candidate) or "/" in ref or "\\" in ref:
+        if not _is_file(candidate):
             raise UsageError(f"no such model file: {ref}")
         resolved = candidate.resolve()
         return ModelSpec(name=resolved.stem, file=resolved.name, sha256=sha256, path=str(resolved),
                          size=resolved.stat().st_size, description="local file")
+    raise UnknownModelError(ref, _close_names(ref, catalog))
+
+
+def _close_names(ref: str, catalog: dict[str, ModelSpec]) -> list[str]:
     lowered = {name.lower(): name for name in catalog}
     # "qwen" should suggest the qwen family first, then names that are spelt alike.
     prefixed = [n for n in lowered if n.startswith(ref.lower())]
     close = prefixed + [n for n in difflib.get_close_matches(ref.lower(), list(lowered), n=3, cutoff=0.5)
                         if n not in prefixed]
-    raise UnknownModelError(ref, [lowered[c] for c in close[:3]])
+    return [lowered[c] for c in close[:3]]
+
+
+def _is_file(path: Path) -> bool:
+    # A reference too long for a file name (ENAMETOOLONG) is simply not a file.
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def entry_toml(spec: ModelSpec) -> str:
@@ -188,6 +223,19 @@ def entry_toml(spec: ModelSpec) -> str:
         if isinstance(value, int):
             lines.append(f"{f.name} = {value}")
         else:
-            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{f.name} = "{escaped}"')
+            lines.append(f"{f.name} = {_toml_string(str(value))}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string. Control characters must be escaped: an imported file's name or its
+    header's architecture string may hold a newline, which would end the string mid-entry."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -262,7 +262,7 @@ def info_cmd(model: str, ctx: int | None, as_json: bool) -> None:
     spec = _resolve(model)
     path = store.model_file(spec)
     info = gguf.read_gguf(path)
-    n_ctx = ctx or min(spec.context if spec.source else 4096, info.context_length or 4096)
+    n_ctx = ctx if ctx is not None else min(spec.context if spec.source else 4096, info.context_length or 4096)
     est = gguf.estimate_memory(info, n_ctx)
     data = {
         "name": spec.name, "path": str(path), "architecture": info.architecture,

@@ -56,6 +56,16 @@ class CatalogError(LlmlocalError, ValueError):
         self.path, self.entry, self.problem = path, entry, problem
 
 
+class ConfigError(LlmlocalError, ValueError):
+    """The home's config.toml is unreadable, not TOML, or holds a bad or unknown setting."""
+
+    def __init__(self, path: str, problem: str, *, key: str | None = None) -> None:
+        where = f"{path}" + (f", key '{key}'" if key else "")
+        super().__init__(f"{where}: {problem}", hint="fix or delete the file (see README: Where things "
+                         "live); a missing file means the defaults")
+        self.path, self.key, self.problem = path, key, problem
+
+
 class UnknownModelError(LlmlocalError, KeyError):
     """A model name that is neither in the catalogue nor a file nor an hf: reference."""
 
@@ -70,9 +80,10 @@ class UnknownModelError(LlmlocalError, KeyError):
 class NotInstalledError(LlmlocalError, FileNotFoundError):
     """The model is known but its bytes are not in the store."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, reason: str | None = None, hint: str | None = None) -> None:
         self.name = name
-        super().__init__(f"model '{name}' is not installed", hint=f"run `llmlocal pull {name}`")
+        super().__init__(f"model '{name}' is not installed" + (f": {reason}" if reason else ""),
+                         hint=hint or f"run `llmlocal pull {name}`")
 
 
 class ChecksumMismatchError(LlmlocalError, OSError):
@@ -128,11 +139,11 @@ class StorePermissionError(LlmlocalError, PermissionError):
 class GGUFError(LlmlocalError, ValueError):
     """A file is not a GGUF model, or is truncated or corrupt."""
 
-    def __init__(self, path: str, problem: str) -> None:
+    def __init__(self, path: str, problem: str, *, hint: str | None = None) -> None:
         self.path, self.problem = path, problem
         super().__init__(
             f"{path}: {problem}",
-            hint="re-download it (`llmlocal pull`, or `llmlocal verify` to check the store)",
+            hint=hint or "re-download it (`llmlocal pull`, or `llmlocal verify` to check the store)",
         )
 
 

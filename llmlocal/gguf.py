@@ -7,7 +7,9 @@ The format is the one llama.cpp's ``gguf.cpp`` reads: little-endian, versions 2 
 
 from __future__ import annotations
 
+import bisect
 import os
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -22,9 +24,23 @@ __all__ = ["GGUFInfo", "MemoryEstimate", "estimate_memory", "quant_name", "read_
 _CHUNK = 1 << 20
 _DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 4  # GGML_MAX_DIMS
-# Arrays this short are kept as lists (tags, rope sections, per-layer head counts); longer ones
-# (vocabularies, merges, scores) are skipped and recorded only by length.
-_SMALL_ARRAY = 256
+# Arrays this short are kept as lists (tags, rope sections, per-layer head counts, which have
+# up to LLAMA_MAX_LAYERS items); longer ones (vocabularies, merges, scores) are skipped and
+# recorded only by length.
+_SMALL_ARRAY = 512
+# Limits llama.cpp enforces with GGML_ASSERT, which aborts the whole process instead of raising:
+# a header past them must be refused here, before llama.cpp sees it (llama-hparams.h, ggml.h).
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 1024
+_MAX_NAME = 64  # GGML_MAX_NAME: gguf.cpp refuses a tensor name this long or longer
+_ROPE_SCALING = ("none", "linear", "yarn", "longrope")  # llama-model.cpp LLAMA_ROPE_SCALING_TYPES
+# Architectures whose token embedding is not (embedding_length, vocabulary): wavtokenizer reads
+# its width from another key; the speculative draft models borrow their target's vocabulary.
+_OWN_EMBEDDING_SHAPE = ("wavtokenizer-dec", "eagle3", "dflash")
+_INT64_MAX = (1 << 63) - 1
+# No tensor of a real model comes near a pebibyte; a size past it is a corrupt shape, not a
+# file that was cut short.
+_ABSURD_TENSOR = 1 << 50
 # No header item of a real model comes near 4 GiB. A length past that is garbage (corruption);
 # a smaller one running off the end of the file means the file was cut short.
 _ABSURD = 1 << 32
@@ -184,22 +200,35 @@ class _Reader:
         self._off += n
         return raw.decode("utf-8", errors="replace")
 
-    def skip_strings(self, count: int) -> None:
-        # A 150k-token vocabulary: walk the length prefixes inside the window with locals, build
-        # no str objects, and fall back to the checked path only at the window's edge.
+    def skip_strings(self, count: int, *, distinct: bool = False) -> int | None:
+        """Pass over ``count`` strings; with ``distinct``, return how many are repeats.
+
+        A 150k-token vocabulary: walk the length prefixes inside the window with locals, build
+        no str objects, and fall back to the checked path only at the window's edge.
+        """
         unpack, buf, off = _U64.unpack_from, self._buf, self._off
+        seen: set[bytes] = set()
+        add = seen.add
         for _ in range(count):
             if off + 8 <= len(buf):
                 end = off + 8 + unpack(buf, off)[0]
                 if end <= len(buf):
+                    if distinct:
+                        add(buf[off + 8 : end])
                     off = end
                     continue
             self._off = off
             n = self.u64()
             self.claim(n, "string")
+            if distinct:
+                self._fill(n)
+                add(self._buf[self._off : self._off + n])
             self.skip(n)
             buf, off = self._buf, self._off
         self._off = off
+        if not distinct or b"" in seen:  # llama.cpp names each empty token apart: not repeats
+            return 0
+        return count - len(seen)
 
 
 def _read_value(r: _Reader, vtype: int, key: str) -> Any:
@@ -220,7 +249,10 @@ def _read_value(r: _Reader, vtype: int, key: str) -> Any:
     if itype == _STRING:
         r.claim(count * 8, f"array '{key}'")  # at least a length prefix per item
         if count > _SMALL_ARRAY:
-            r.skip_strings(count)
+            # llama.cpp aborts (GGML_ASSERT) on a vocabulary that holds a token twice.
+            repeats = r.skip_strings(count, distinct=key == "tokenizer.ggml.tokens")
+            if repeats:
+                raise r.fail(f"corrupt: the vocabulary '{key}' holds {repeats} repeated token(s)")
             return _Skipped(count)
         return [r.string() for _ in range(count)]
     # llama.cpp's gguf.cpp refuses nested arrays too.
@@ -262,43 +294,100 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
                 f"a table of {kv_count} key/value pairs and {tensor_count} tensors")
         kv: dict[str, Any] = {}
         for _ in range(kv_count):
+            at = r.pos
             key = r.string()
+            if not key or key in kv:  # gguf.cpp refuses both
+                raise r.fail(f"corrupt: {'duplicate key ' + repr(key) if key else 'empty key'} at byte {at}")
             kv[key] = _read_value(r, r.u32(), key)
         raw_alignment = kv.get("general.alignment", _DEFAULT_ALIGNMENT)
-        alignment = _int(raw_alignment) or 0
+        # A scalar only (gguf.cpp insists on a u32): _int would take a list's largest item.
+        alignment = raw_alignment if isinstance(raw_alignment, int) and not isinstance(raw_alignment, bool) else 0
         if alignment <= 0 or alignment & (alignment - 1):
             raise r.fail(f"corrupt: general.alignment is {raw_alignment!r}, not a power of two")
-        params, data_end, by_type = _tensor_infos(r, tensor_count, alignment)
+        tensors = _tensor_infos(r, tensor_count, alignment)
     data_offset = -(-r.pos // alignment) * alignment
     have = max(size - data_offset, 0)
+    data_end = max([tensors.data_end, *(offset for offset, _ in tensors.unknown)])
     if data_end > have:
         raise GGUFError(str(p), f"truncated: tensor data needs {data_end} bytes, file has {have}")
-    return _info(p, version, kv, params, tensor_count, size, data_offset, by_type)
+    by_type = tensors.by_type
+    if tensors.unknown:
+        # A tensor of an unknown type takes the bytes up to the next tensor, or to the end.
+        starts = sorted({*tensors.offsets, have})
+        for offset, ttype in tensors.unknown:
+            by_type[ttype] += starts[bisect.bisect_right(starts, offset)] - offset if offset < have else 0
+    info = _info(p, version, kv, tensors.params, tensor_count, size, data_offset, by_type)
+    _check_model(info, kv, tensors.shapes, tensors.layers)
+    return info
 
 
-def _tensor_infos(r: _Reader, count: int, alignment: int) -> tuple[int, int, Counter[int]]:
-    """Sum parameters and bytes per ggml type; return where the last tensor's data ends."""
-    params, data_end, by_type = 0, 0, Counter[int]()
+@dataclass
+class _Tensors:
+    """What the tensor table adds up to; ``shapes`` keeps the few tensors checked by name."""
+
+    params: int = 0
+    data_end: int = 0  # where the last tensor of a known type ends, from the data section's start
+    by_type: Counter[int] | None = None  # bytes per ggml type id
+    shapes: dict[str, tuple[int, ...]] | None = None
+    unknown: list[tuple[int, int]] | None = None  # (offset, type id) of tensors of unknown types
+    offsets: list[int] | None = None  # every tensor's, from the data section's start
+    layers: int = 0  # 1 + the highest N of a blk.N.* tensor
+
+
+_BLOCK = re.compile(r"blk\.(\d{1,6})\.")
+_CHECKED_SHAPES = ("token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_qkv.weight")
+
+
+def _tensor_infos(r: _Reader, count: int, alignment: int) -> _Tensors:
+    """Walk the tensor table as llama.cpp's gguf.cpp does, refusing what it refuses.
+
+    A type id this table does not know is not corruption: a newer ggml may have added it, and
+    the file may load with a newer llama.cpp. Its size is taken from where the tensors lie.
+    """
+    t = _Tensors(by_type=Counter(), shapes={}, unknown=[], offsets=[])
+    names: set[str] = set()
+    expected: int | None = 0  # offsets run on without gaps; unknowable after an unknown type
     for _ in range(count):
         name = r.string()
+        if len(name.encode("utf-8", errors="surrogateescape")) >= _MAX_NAME or name in names:
+            problem = "is a duplicate" if name in names else f"is {_MAX_NAME} bytes or longer"
+            raise r.fail(f"corrupt: tensor name '{name[:80]}' {problem}")
+        names.add(name)
         n_dims = r.u32()
         if n_dims > _MAX_DIMS:
             raise r.fail(f"corrupt: tensor '{name}' has {n_dims} dimensions (ggml allows {_MAX_DIMS})")
         dims = r.unpack(_DIMS[n_dims])
         ttype, offset = r.u32(), r.u64()
-        if ttype not in _GGML_TYPES:
-            raise r.fail(f"corrupt: tensor '{name}' has unknown ggml type {ttype}")
-        _, block, type_size = _GGML_TYPES[ttype]
         n = prod(dims)
-        if dims and dims[0] % block:
-            raise r.fail(f"corrupt: tensor '{name}' row of {dims[0]} is not a multiple of {block}")
+        if any(d > _INT64_MAX for d in dims) or n > _INT64_MAX:
+            raise r.fail(f"corrupt: tensor '{name}' has shape {dims}, past what ggml can count")
         if offset % alignment:
             raise r.fail(f"corrupt: tensor '{name}' offset {offset} is not {alignment}-aligned")
+        if expected is not None and offset != expected:
+            raise r.fail(f"corrupt: tensor '{name}' has offset {offset}, expected {expected} "
+                         "(each tensor's data follows the one before)")
+        if name in _CHECKED_SHAPES:
+            t.shapes[name] = dims
+        t.params += n
+        t.offsets.append(offset)
+        layer = _BLOCK.match(name)
+        if layer:
+            t.layers = max(t.layers, int(layer[1]) + 1)
+        if ttype not in _GGML_TYPES:
+            t.unknown.append((offset, ttype))
+            expected = None
+            continue
+        _, block, type_size = _GGML_TYPES[ttype]
+        if dims and dims[0] % block:
+            raise r.fail(f"corrupt: tensor '{name}' row of {dims[0]} is not a multiple of {block}")
         nbytes = n // block * type_size
-        params += n
-        by_type[ttype] += nbytes
-        data_end = max(data_end, offset + nbytes)
-    return params, data_end, by_type
+        if nbytes >= _ABSURD_TENSOR:
+            raise r.fail(f"corrupt: tensor '{name}' of shape {dims} would take {nbytes} bytes")
+        t.by_type[ttype] += nbytes
+        t.data_end = max(t.data_end, offset + nbytes)
+        if expected is not None:
+            expected += -(-nbytes // alignment) * alignment
+    return t
 
 
 def _int(value: Any) -> int | None:
@@ -320,7 +409,7 @@ def _info(p: Path, version: int, kv: dict[str, Any], params: int, tensor_count: 
     file_type = _int(kv.get("general.file_type"))
     quant = quant_name(file_type) if file_type is not None else None
     if quant is None:  # no or unknown file_type: name the type holding most of the bytes
-        quant = _GGML_TYPES[by_type.most_common(1)[0][0]][0] if by_type else "unknown"
+        quant = _GGML_TYPES.get(by_type.most_common(1)[0][0], ("unknown",))[0] if by_type else "unknown"
     embd, heads = field("embedding_length"), field("attention.head_count")
     head_dim = embd // heads if embd and heads else None
     tokens = kv.get("tokenizer.ggml.tokens")
@@ -345,6 +434,122 @@ def _info(p: Path, version: int, kv: dict[str, Any], params: int, tensor_count: 
         file_size=size, data_offset=data_offset, tensor_data_size=sum(by_type.values()),
         metadata={k: repr(v) if isinstance(v, _Skipped) else v for k, v in kv.items()},
     )
+
+
+def _check_model(info: GGUFInfo, kv: dict[str, Any], shapes: dict[str, tuple[int, ...]],
+                 tensor_layers: int) -> None:
+    """Refuse hyperparameters llama.cpp would abort the process on, or trip over, when loading.
+
+    llama.cpp checks many of these with GGML_ASSERT, which kills the process (a hostile or
+    corrupt header would take a server down with it); the others it reports as "unknown error".
+    Only what the header says is checked: a key that is absent is llama.cpp's to default.
+    """
+    arch = info.architecture
+
+    def fail(problem: str) -> GGUFError:
+        return GGUFError(str(info.path), f"corrupt: {problem}")
+
+    def per_layer(key: str, layers: int | None) -> list[int] | None:
+        value = kv.get(f"{arch}.{key}")
+        if value is None:
+            return None
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise fail(f"{arch}.{key} is {_short(value)}, not a count (or one per layer)")
+        if isinstance(value, list):
+            if layers is None or len(values) != layers:
+                raise fail(f"{arch}.{key} has {len(values)} per-layer values for {layers} layers")
+            return values
+        return values * (layers or 1)
+
+    def count(key: str, default: int | None = None) -> int | None:
+        value = kv.get(f"{arch}.{key}", default)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise fail(f"{arch}.{key} is {_short(value)}, not a count")
+        return value
+
+    if arch == "clip":  # a vision projector: llama.cpp reads only its tensors
+        return
+    layers = count("block_count")
+    if layers is not None and not 1 <= layers <= LLAMA_MAX_LAYERS:
+        raise fail(f"{arch}.block_count is {layers}; llama.cpp loads 1 to {LLAMA_MAX_LAYERS} layers")
+    if layers is not None and tensor_layers and tensor_layers != layers:
+        raise fail(f"{arch}.block_count is {layers} but the tensors are for {tensor_layers} layers")
+    if (count("nextn_predict_layers", 0) or 0) > (layers or 0):
+        raise fail(f"{arch}.nextn_predict_layers is more than the {layers} layers")
+
+    experts, groups = count("expert_count", 0), count("expert_group_count", 0)
+    group_used = count("expert_group_used_count", 0)
+    used = max(per_layer("expert_used_count", layers) or [0])
+    if experts > LLAMA_MAX_EXPERTS:
+        raise fail(f"{arch}.expert_count is {experts}; llama.cpp allows at most {LLAMA_MAX_EXPERTS}")
+    if used > experts or (experts and not used):
+        raise fail(f"{arch}.expert_used_count is {used} for {experts} experts")
+    if groups and (groups >= experts or (groups > 1 and (experts % groups or not 0 < group_used < groups))):
+        raise fail(f"expert groups ({groups}, {group_used} used) do not divide {experts} experts")
+
+    per_layer("feed_forward_length", layers)
+    heads = per_layer("attention.head_count", layers)
+    kv_heads = per_layer("attention.head_count_kv", layers)
+    embd = count("embedding_length")
+    if embd == 0:
+        raise fail(f"{arch}.embedding_length is 0")
+    if kv.get(f"{arch}.attention.head_count_kv") == 0 and heads and max(heads):
+        raise fail(f"{arch}.attention.head_count_kv is 0 for {max(heads)} attention heads")
+    for il, h in enumerate(heads or []):
+        k = kv_heads[il] if kv_heads else h
+        if h and k and h % k:
+            raise fail(f"layer {il} has {h} attention heads, not a multiple of its {k} KV heads")
+    if not (heads and max(heads)) and any(name.startswith("blk.0.attn_") for name in shapes):
+        raise fail(f"{arch}.attention.head_count is {'0' if heads else 'missing'} but the model has "
+                   "attention weights")
+    for key in ("attention.key_length", "attention.value_length"):
+        if count(key) == 0:
+            raise fail(f"{arch}.{key} is 0")
+    if heads and embd and kv.get(f"{arch}.attention.key_length") is None:
+        # Without a stored head size llama.cpp takes embedding_length / head_count.
+        for h in set(heads) - {0}:
+            if embd % h:
+                raise fail(f"{arch}.embedding_length {embd} does not divide into {h} attention heads")
+
+    scaling = kv.get(f"{arch}.rope.scaling.type")
+    if scaling is not None and scaling not in _ROPE_SCALING:
+        raise fail(f"{arch}.rope.scaling.type is {_short(scaling)}; llama.cpp knows {', '.join(_ROPE_SCALING)}")
+
+    tokens = _length(kv.get("tokenizer.ggml.tokens"))
+    if tokens is not None:
+        declared = kv.get(f"{arch}.vocab_size")
+        if declared is not None and declared != tokens:
+            raise fail(f"{arch}.vocab_size is {_short(declared)} but the vocabulary has {tokens} tokens")
+        for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+            got = _length(kv.get(key))
+            if got is not None and got < tokens:
+                raise fail(f"{key} has {got} entries for {tokens} tokens")
+        listed = kv.get("tokenizer.ggml.tokens")
+        if isinstance(listed, list):  # a long one was checked as it was read
+            seen: set[str] = set()
+            for token in listed:
+                if token and token in seen:
+                    raise fail(f"token {_short(token)} appears twice in the vocabulary")
+                seen.add(token)
+    embedding = shapes.get("token_embd.weight")
+    if embedding and len(embedding) == 2 and arch not in _OWN_EMBEDDING_SHAPE:
+        width, rows = embedding
+        if embd is not None and width != embd:
+            raise fail(f"token_embd.weight is {width} wide but {arch}.embedding_length is {embd}")
+        if tokens is not None and rows != tokens:
+            raise fail(f"token_embd.weight has {rows} rows but the vocabulary has {tokens} tokens")
+
+
+def _length(value: Any) -> int | None:
+    if isinstance(value, _Skipped):
+        return value.count
+    return len(value) if isinstance(value, list) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)

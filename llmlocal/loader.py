@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import catalog, gguf, hardware, paths, runtime, store
+from . import catalog, config, gguf, hardware, runtime, store
 from .catalog import ModelSpec
 from .errors import UsageError
 
@@ -22,19 +22,15 @@ _MIN_CTX = 512
 
 
 def default_model() -> str:
-    """``$LLMLOCAL_MODEL``, else ``default_model`` in the home's config.toml, else smollm2-135m."""
-    env = os.environ.get("LLMLOCAL_MODEL", "").strip()
-    if env:
-        return env
-    try:
-        from .catalog import tomllib
+    """``$LLMLOCAL_MODEL``, else ``default_model`` in the home's config.toml, else smollm2-135m.
 
-        configured = tomllib.loads(paths.config_path().read_text(encoding="utf-8")).get("default_model")
-        if isinstance(configured, str) and configured:
-            return configured
-    except (OSError, ValueError):
-        pass
-    return DEFAULT_MODEL
+    Raises:
+        ConfigError: config.toml exists but is not valid (even when the variable is set, so a
+            broken file is found now, not on the day the variable is unset).
+    """
+    configured = config.load_config().default_model
+    env = os.environ.get("LLMLOCAL_MODEL", "").strip()
+    return env or configured or DEFAULT_MODEL
 
 
 @dataclass

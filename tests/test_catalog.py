@@ -44,11 +44,14 @@ def test_parse_good_entry():
         (lambda t: t.replace('sha256 = "' + "ab" * 32 + '"\n', ""), "missing 'sha256'"),
         (lambda t: t.replace("ab" * 32, "zz" * 32), "64 lowercase hex"),
         (lambda t: t.replace("ab" * 32, "ab" * 31), "64 lowercase hex"),
+        # "$" alone lets a trailing newline through, and the hash never matches any bytes.
+        (lambda t: t.replace('"' + "ab" * 32 + '"', '"' + "ab" * 32 + '\\n"'), "64 lowercase hex"),
         (lambda t: t + 'colour = "blue"\n', "unknown field(s) ['colour']"),
         (lambda t: t.replace('purpose = "base"', 'purpose = "art"'), "purpose must be one of"),
         (lambda t: t.replace("size = 10", 'size = "10"'), "'size' must be int"),
         (lambda t: t + t, "duplicate name"),
         (lambda t: t.replace("[[models]]", "[[models]"), "invalid TOML"),
+        (lambda t: t + 'template = "chatml2"\n', "template must be one of ('chatml', 'llama3',"),
     ],
 )
 def test_bad_entries_name_file_entry_and_problem(mutation, problem):
@@ -111,3 +114,33 @@ def test_missing_path_is_a_usage_error(tmp_path):
 def test_bad_sha256_option():
     with pytest.raises(UsageError):
         catalog.resolve("hf:org/repo/f.gguf", sha256="xyz")
+
+
+def test_template_families_are_the_ones_chat_knows():
+    from llmlocal import chat
+
+    assert catalog.TEMPLATE_FAMILIES == (*chat.FAMILIES, "none")
+
+
+def test_entry_toml_reads_back_whatever_the_strings_hold():
+    spec = catalog.ModelSpec(name="odd", file='a "b"\\c\n\x00\x7f\u00e9.gguf', sha256="ab" * 32, path="/x/y\tz",
+                             description="line one\nline two", source="u.toml")
+    assert catalog.parse_catalog(catalog.entry_toml(spec), "u.toml") == {"odd": spec}
+
+
+@pytest.mark.parametrize("ref", ["a" * 300, "~nosuchuser-llmlocal/model.gguf", "~nosuchuser-llmlocal"])
+def test_odd_references_are_unknown_or_missing_never_an_os_error(ref):
+    # A name too long for a file name raised OSError (ENAMETOOLONG), "~nosuchuser" RuntimeError.
+    with pytest.raises((UnknownModelError, UsageError)):
+        catalog.resolve(ref)
+
+
+def test_without_files_a_path_is_only_an_unknown_name(tmp_path):
+    # The server resolves its clients' model names this way: whether a path exists on the
+    # server must not change the answer ("no such model file" against "unknown model").
+    real = tmp_path / "real.gguf"
+    real.write_bytes(b"GGUF")
+    for ref in (str(real), str(tmp_path / "absent.gguf")):
+        with pytest.raises(UnknownModelError):
+            catalog.resolve(ref, files=False)
+    assert catalog.resolve("smollm2-135m", files=False).name == "smollm2-135m"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import re
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from llmlocal import gguf
 from llmlocal.errors import GGUFError, UsageError
 from llmlocal.gguf import estimate_memory, quant_name, read_gguf
+from tests import ggufedit
 from tests.models import gemma_base_path
 
 SMOLLM2_PARAMS = 134_515_008
@@ -203,8 +206,9 @@ def test_fabricated_v2_with_custom_alignment_and_no_file_type(tmp_path: Path) ->
            _kv("toy.block_count", 4, struct.pack("<I", 2)),
            _kv("toy.attention.head_count_kv", 9, struct.pack("<IQ2I", 4, 2, 2, 4)),  # per layer
            _kv("toy.flag", 7, b"\x01"), _kv("toy.scale", 12, struct.pack("<d", 0.5)),
-           _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 300) + _str("tok") * 300),
-           _kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 300) + b"\0" * 1200)]
+           # Distinct tokens: llama.cpp aborts on a vocabulary that holds one twice.
+           _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 600) + b"".join(_str(f"t{i}") for i in range(600))),
+           _kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 600) + b"\0" * 2400)]
     # 64x64 Q8_0 (4352 bytes) outweighs 64 F32 (256 bytes): the fallback names Q8_0.
     tensors = [("w", (64, 64), 8, 64 * 64 // 32 * 34), ("b", (64,), 0, 256)]
     info = _read(tmp_path, _gguf(kvs, tensors, version=2, alignment=64))
@@ -214,8 +218,8 @@ def test_fabricated_v2_with_custom_alignment_and_no_file_type(tmp_path: Path) ->
     assert info.head_count_kv == 4  # the largest per-layer value: a safe bound for the KV cache
     assert info.metadata["toy.attention.head_count_kv"] == [2, 4]
     assert (info.metadata["toy.flag"], info.metadata["toy.scale"]) == (True, 0.5)
-    assert info.metadata["tokenizer.ggml.tokens"] == "<array of 300>" and info.vocab_size == 300
-    assert info.metadata["tokenizer.ggml.scores"] == "<array of 300>"
+    assert info.metadata["tokenizer.ggml.tokens"] == "<array of 600>" and info.vocab_size == 600
+    assert info.metadata["tokenizer.ggml.scores"] == "<array of 600>"
     assert info.chat_template is None and info.name is None
 
 
@@ -231,10 +235,16 @@ def test_fabricated_v2_with_custom_alignment_and_no_file_type(tmp_path: Path) ->
     (_gguf([_kv("toy.big", 9, struct.pack("<IQ", 8, 2**60))]), "corrupt: array 'toy.big' at byte"),
     (_gguf([_kv("toy.nest", 9, struct.pack("<IQ", 9, 1))]), "corrupt: array 'toy.nest' has unsupported"),
     (_gguf([ARCH, _kv("toy.odd", 13, b"\0" * 8)]), "corrupt: unknown value type 13 for key 'toy.odd' at byte"),
-    (_gguf([ARCH], [("w", (32,), 99, 0)]), "corrupt: tensor 'w' has unknown ggml type 99"),
     (_gguf([ARCH], [("w", (1, 1, 1, 1, 1), 0, 4)]), "corrupt: tensor 'w' has 5 dimensions"),
     (_gguf([ARCH], [("w", (33,), 2, 18)]), "corrupt: tensor 'w' row of 33 is not a multiple of 32"),
     (_gguf([ARCH, _kv("general.alignment", 4, struct.pack("<I", 48))]), "corrupt: general.alignment is 48"),
+    (_gguf([ARCH, _kv("general.alignment", 9, struct.pack("<IQ2I", 4, 2, 32, 64))]),
+     "corrupt: general.alignment is [32, 64]"),
+    (_gguf([ARCH, ARCH]), "corrupt: duplicate key 'general.architecture' at byte"),
+    (_gguf([ARCH], [("w", (32,), 0, 128), ("w", (32,), 0, 128)]), "corrupt: tensor name 'w' is a duplicate"),
+    (_gguf([ARCH], [("w" * 64, (32,), 0, 128)]), f"corrupt: tensor name '{'w' * 64}' is 64 bytes or longer"),
+    (_gguf([ARCH], [("w", (2**62, 4), 0, 0)]), "corrupt: tensor 'w' has shape (4611686018427387904, 4), past"),
+    (_gguf([ARCH], [("w", (2**48,), 0, 0)]), "corrupt: tensor 'w' of shape (281474976710656,) would take"),
     (_gguf([_kv("toy.x", 4, b"\0" * 4)]), "corrupt: no general.architecture"),
 ])
 def test_fabricated_corruption(tmp_path: Path, raw: bytes, problem: str) -> None:
@@ -249,3 +259,96 @@ def test_string_array_with_a_huge_item_length(tmp_path: Path) -> None:
     raw = _gguf([ARCH, _kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 300) + items)])
     with pytest.raises(GGUFError, match=r"corrupt: string at byte \d+ claims 1099511627776 bytes"):
         _read(tmp_path, raw)
+
+
+def test_unknown_ggml_type_is_unknown_not_corrupt(tmp_path: Path) -> None:
+    # A quantisation newer than this table (issue #13): llama.cpp from after it may load the
+    # file, so it is read, named "unknown", and its bytes counted from where its tensors lie.
+    tensors = [("w", (256, 4), 99, 640), ("b", (64,), 0, 256)]
+    info = _read(tmp_path, _gguf([ARCH], tensors))
+    assert info.quantisation == "unknown"
+    assert info.parameter_count == 256 * 4 + 64
+    assert info.tensor_data_size == 640 + 256  # "w" takes up to "b"; "b" is a known F32
+    assert info.data_offset + info.tensor_data_size == info.file_size
+    # With a known type holding most bytes, that one names the file.
+    info = _read(tmp_path, _gguf([ARCH], [("w", (32,), 99, 32), ("b", (256,), 0, 1024)]))
+    assert info.quantisation == "F32" and info.tensor_data_size == 32 + 1024
+
+
+# --- Hostile headers on the real file: values llama.cpp aborts the process on (GGML_ASSERT) or
+# fails to load with "unknown error"; each must be a GGUFError before llama.cpp sees it ---------
+
+U32, STR, ARR, F32 = ggufedit.U32, ggufedit.STRING, ggufedit.ARRAY, ggufedit.F32
+
+
+@pytest.fixture(scope="session")
+def repeated_token_vocabulary(smollm2: Path) -> tuple[int, tuple[int, list[str]]]:
+    tokens = ggufedit.tokens(smollm2)
+    tokens[1000] = tokens[1001]
+    return ARR, (STR, tokens)
+
+
+@pytest.mark.parametrize(("edits", "problem"), [
+    # The aborts (process killed by SIGABRT before this fix):
+    ({"llama.block_count": (U32, 1000)}, "llama.block_count is 1000; llama.cpp loads 1 to 512 layers"),
+    ({"llama.expert_count": (U32, 2000), "llama.expert_used_count": (U32, 2)},
+     "llama.expert_count is 2000; llama.cpp allows at most 1024"),
+    ({"llama.expert_used_count": (U32, 2)}, "llama.expert_used_count is 2 for 0 experts"),
+    ({"llama.nextn_predict_layers": (U32, 31)}, "llama.nextn_predict_layers is more than the 30 layers"),
+    ({"llama.rope.scaling.type": (STR, "bogus")},
+     "llama.rope.scaling.type is 'bogus'; llama.cpp knows none, linear, yarn, longrope"),
+    ("repeated tokens", "the vocabulary 'tokenizer.ggml.tokens' holds 1 repeated token(s)"),
+    # Values llama.cpp refuses as an "unknown error", or that made absurd memory estimates:
+    ({"llama.block_count": (U32, 0)}, "llama.block_count is 0; llama.cpp loads 1 to 512 layers"),
+    ({"llama.block_count": (U32, 512)}, "llama.block_count is 512 but the tensors are for 30 layers"),
+    ({"llama.attention.head_count": (U32, 0)},
+     "llama.attention.head_count is 0 but the model has attention weights"),
+    ({"llama.attention.head_count": (U32, 2**30)},
+     "layer 0 has 1073741824 attention heads, not a multiple of its 3 KV heads"),
+    ({"llama.attention.head_count": (U32, 7)}, "layer 0 has 7 attention heads, not a multiple of its 3 KV heads"),
+    ({"llama.attention.head_count": (STR, "nine")},
+     "llama.attention.head_count is 'nine', not a count (or one per layer)"),
+    ({"llama.attention.head_count_kv": (U32, 0)}, "llama.attention.head_count_kv is 0 for 9 attention heads"),
+    ({"llama.attention.head_count_kv": (U32, 2)}, "layer 0 has 9 attention heads, not a multiple of its 2 KV heads"),
+    ({"llama.attention.head_count_kv": (U32, 2**30)},
+     "layer 0 has 9 attention heads, not a multiple of its 1073741824 KV heads"),
+    ({"llama.attention.head_count_kv": (ARR, (U32, [3] * 29))},
+     "llama.attention.head_count_kv has 29 per-layer values for 30 layers"),
+    ({"llama.embedding_length": (U32, 0)}, "llama.embedding_length is 0"),
+    ({"llama.embedding_length": (U32, 575)}, "llama.embedding_length 575 does not divide into 9 attention heads"),
+    ({"llama.embedding_length": (U32, 576 * 2)}, "token_embd.weight is 576 wide but llama.embedding_length is 1152"),
+    ({"llama.vocab_size": (U32, 100)}, "llama.vocab_size is 100 but the vocabulary has 49152 tokens"),
+    ({"llama.vocab_size": (U32, 2**31)}, "llama.vocab_size is 2147483648 but the vocabulary has 49152 tokens"),
+    ({"tokenizer.ggml.scores": (ARR, (F32, [0.0] * 100))},
+     "tokenizer.ggml.scores has 100 entries for 49152 tokens"),
+])
+def test_hostile_header_is_corrupt_before_llama_cpp_sees_it(smollm2: Path, tmp_path: Path, edits, problem: str,
+                                                         repeated_token_vocabulary) -> None:
+    if edits == "repeated tokens":
+        edits = {"tokenizer.ggml.tokens": repeated_token_vocabulary}
+    bad = ggufedit.rewrite(smollm2, tmp_path / "bad.gguf", edits, weights=False)
+    with pytest.raises(GGUFError) as err:
+        read_gguf(bad)
+    assert err.value.problem == f"corrupt: {problem}"
+
+
+def test_rewritten_header_without_edits_reads_as_the_real_file(smollm2: Path, tmp_path: Path) -> None:
+    # The hostile-header cases above mean something only if the rewrite itself is faithful.
+    same = read_gguf(ggufedit.rewrite(smollm2, tmp_path / "same.gguf", {}, weights=False))
+    real = read_gguf(smollm2)
+    assert (same.metadata, same.tensor_data_size, same.file_size) == (real.metadata, real.tensor_data_size,
+                                                                       real.file_size)
+
+
+def test_more_than_512_layers_is_one_clean_error_from_complete_and_info(smollm2: Path, tmp_path: Path) -> None:
+    # The report (issue #12): llama.cpp's GGML_ASSERT killed the process with SIGABRT (exit 134
+    # from a shell) and a backtrace, while `info` accepted the file. A child process, because
+    # an abort would take pytest down with it.
+    bad = ggufedit.rewrite(smollm2, tmp_path / "l.gguf", {"llama.block_count": (U32, 1000)})
+    for args in (["complete", "-t", "1", "-m", str(bad), "hi"], ["info", str(bad)]):
+        done = subprocess.run([sys.executable, "-m", "llmlocal", *args], capture_output=True, text=True)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.splitlines() == [
+            f"Error: {bad}: corrupt: llama.block_count is 1000; llama.cpp loads 1 to 512 layers",
+            "  hint: re-download it (`llmlocal pull`, or `llmlocal verify` to check the store)"]
+        assert done.stdout == ""

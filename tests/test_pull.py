@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -210,7 +211,15 @@ def test_hub_500_twice_is_retried(hub, home, small):
     assert_blob(home, small)
 
 
+def _gguf_header() -> bytes:
+    """A GGUF header with no tensors: what follows it is ignored, so any bytes make a valid file."""
+    arch, value = b"general.architecture", b"fake"
+    return (b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, len(arch)) + arch + struct.pack("<IQ", 8, len(value))
+            + value)
+
+
 def test_unpinned_hf_reference_prints_and_records_the_computed_hash(hub, home, small):
+    small = _gguf_header() + small  # unpinned bytes are installed only if they are a GGUF
     hub.add_file(REPO, FILE, small)
     ref = f"hf:{REPO}/{FILE}"
 
@@ -221,6 +230,19 @@ def test_unpinned_hf_reference_prints_and_records_the_computed_hash(hub, home, s
     (manifest,) = (home / "manifests").glob("*.json")
     assert json.loads(manifest.read_text())["sha256"] == sha256(small)
     assert (home / "blobs" / f"sha256-{sha256(small)}.gguf").read_bytes() == small
+
+
+def test_unpinned_hf_reference_to_a_file_that_is_not_a_gguf_installs_nothing(hub, home, small):
+    hub.add_file(REPO, "README.md", small)
+    ref = f"hf:{REPO}/README.md"
+
+    result = pull(ref, "--quiet")
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-2:] == [
+        f"Error: {ref}: not a GGUF file (starts with {small[:4]!r}); nothing was installed",
+        "  hint: only GGUF model files can be pulled: check the file name in the reference"]
+    assert on_disk(home) == {"blobs": {}, "manifests": []}
 
 
 # ------------------------------------------------------------------ transfer faults

@@ -472,6 +472,10 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
     options = options or PoolOptions()
     if len(models) > options.max_models:
         raise UsageError(f"{len(models)} models given but --max-models is {options.max_models}")
+    # Every request reads the catalogue and store, and one naming no model reads config.toml:
+    # if either is broken, say so now rather than report healthy and answer each request 500.
+    store.installed_models()
+    loader.default_model()
     pool = ModelPool(options, on_note=note)
     try:
         names = []

@@ -150,7 +150,7 @@ class ModelPool:
             resident = self._residents.get(name)
             if resident is not None:
                 return self._hold(resident)
-        spec = catalog.resolve(name)
+        spec = catalog.resolve(name, files=references)
         if spec.is_reference and not references:
             raise UnknownModelError(name)
         store.model_file(spec)  # not installed: say so before unloading anything to make room
