@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "llmlocal"
 
 # Lower numbers are lower layers; a module may import its own layer and those below.
 LAYERS = {
-    0: {"errors", "paths", "atomic", "hardware", "progress", "sampling", "tabular", "metrics"},  # plumbing
+    0: {"errors", "paths", "config", "atomic", "hardware", "progress", "sampling", "tabular", "metrics"},  # plumbing
     1: {"catalog", "gguf", "store"},  # model files
     2: {"runtime", "loader", "generate", "decoding", "engine"},  # inference
     3: {"chat", "batch", "bench", "classify", "fewshot", "embedding", "distributed", "documents"},  # tasks
