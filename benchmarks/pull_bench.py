@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                       HF_HUB_DISABLE_IMPLICIT_TOKEN="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
 
     from huggingface_hub import hf_hub_download
+    from native import warn_if_contended
 
     from llmlocal import atomic, store
     from llmlocal.catalog import ModelSpec
-    from native import warn_if_contended
     from tests.hubsim import FakeHub
     from tests.models import SMOLLM2_SHA256, smollm2_path
 

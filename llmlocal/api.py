@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import generate, loader
-from .errors import ContextOverflowError, UsageError
+from .errors import UsageError
 from .generate import Completion
 from .sampling import FIELDS, SamplingParams
 

@@ -17,7 +17,7 @@ from dataclasses import asdict
 import click
 
 from . import __version__
-from .errors import LlmlocalError, UsageError
+from .errors import LlmlocalError, UsageError, VerificationFailedError, error_lines
 
 
 def _debug_enabled() -> bool:
@@ -78,13 +78,12 @@ def _report(exc: BaseException, *, internal: bool = False) -> None:
     if _debug_enabled():
         traceback.print_exception(exc)
     if internal:
-        click.echo(f"Error: internal error: {exc.__class__.__name__}: {exc}", err=True)
-        hint = "run again with --debug for the traceback, and please report it"
+        lines = error_lines(f"internal error: {exc.__class__.__name__}: {exc}",
+                            "run again with --debug for the traceback, and please report it")
     else:
-        click.echo(f"Error: {exc}", err=True)
-        hint = getattr(exc, "hint", None)
-    if hint:
-        click.echo(f"  hint: {hint}", err=True)
+        lines = error_lines(exc)
+    for line in lines:
+        click.echo(line, err=True)
 
 
 def _json_out(obj) -> None:
@@ -236,12 +235,9 @@ def verify_cmd(models: tuple[str, ...], as_json: bool) -> None:
                 click.echo(f"MISSING   {r.name}: {r.path}")
             else:
                 click.echo(f"MISMATCH  {r.name}: expected {r.expected}, got {r.actual} ({r.path})")
-    bad = [r for r in results if not r.ok]
+    bad = [r.name for r in results if not r.ok]
     if bad:
-        click.echo(f"Error: {len(bad)} of {len(results)} model(s) failed verification: "
-                   + ", ".join(r.name for r in bad), err=True)
-        click.echo("  hint: `llmlocal rm NAME` then `llmlocal pull NAME` to fetch clean bytes", err=True)
-        sys.exit(1)
+        raise VerificationFailedError(bad, len(results))
 
 
 @cli.command("info")

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ContextOverflowError, DecodeError, UsageError
 from .decoding import TokenDecoder
+from .errors import ContextOverflowError, DecodeError, UsageError
 from .generate import Completion, common_prefix
 from .runtime import Model, Sampler, SamplingParams
 

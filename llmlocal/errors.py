@@ -35,6 +35,27 @@ def _rebuild(cls: type, args: tuple, state: dict) -> LlmlocalError:
     return err
 
 
+def error_lines(exc: BaseException | str, hint: str | None = None) -> list[str]:
+    """How any failure reads on a terminal: one ``Error:`` line, then its ``hint:`` if it has one.
+
+    The CLI and the chat REPL both print through this, so the shape is the same everywhere.
+    """
+    lines = [f"Error: {exc}"]
+    hint = hint if hint is not None else getattr(exc, "hint", None)
+    if hint:
+        lines.append(f"  hint: {hint}")
+    return lines
+
+
+class VerificationFailedError(LlmlocalError, OSError):
+    """``verify`` found models whose bytes are missing or changed."""
+
+    def __init__(self, bad: list[str], total: int) -> None:
+        self.bad = list(bad)
+        super().__init__(f"{len(bad)} of {total} model(s) failed verification: " + ", ".join(bad),
+                         hint="`llmlocal rm NAME` then `llmlocal pull NAME` to fetch clean bytes")
+
+
 class UsageError(LlmlocalError, ValueError):
     """The request itself is wrong (bad option combination, bad reference syntax). Exit 2."""
 

@@ -6,9 +6,9 @@ evaluates only what differs from them: a chat turn re-uses the whole conversatio
 
 from __future__ import annotations
 
+import collections.abc as cabc
 import os
 import time
-import collections.abc as cabc
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from . import paths, tabular
 from .chat import PARAMS, ChatSession
-from .errors import InputFormatError, LlmlocalError
+from .errors import InputFormatError, LlmlocalError, error_lines
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -254,10 +254,8 @@ class _Repl:
         return True
 
     def error(self, exc: BaseException) -> None:
-        self.note(f"Error: {exc}")
-        hint = getattr(exc, "hint", None)
-        if hint:
-            self.note(f"  hint: {hint}")
+        for line in error_lines(exc):
+            self.note(line)
 
 
 def _show(value: object) -> str:

@@ -38,8 +38,9 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 __all__ = ["FakeHub", "FileEntry", "Faults", "Request"]

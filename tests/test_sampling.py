@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmlocal.serve import openai_format as oai
 from llmlocal import sampling
 from llmlocal.errors import InvalidParameterError, UsageError
 from llmlocal.sampling import FIELDS, SamplingParams
+from llmlocal.serve import openai_format as oai
 
 anything = st.none() | st.booleans() | st.integers(min_value=-2**80, max_value=2**80) | st.floats() \
     | st.text(max_size=5) | st.lists(st.text(max_size=3) | st.integers(), max_size=3) \

@@ -34,8 +34,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .. import __version__, classify, generate, loader, store
-from . import openai_format as oai
-from ..engine import Failed, Finished, Request as EngineRequest, TokenText
+from ..engine import Failed, Finished, TokenText
+from ..engine import Request as EngineRequest
 from ..errors import (
     BusyError,
     ContextOverflowError,
@@ -45,8 +45,9 @@ from ..errors import (
     UnknownModelError,
     UsageError,
 )
-from .pool import ModelPool, PoolOptions, Resident
+from . import openai_format as oai
 from .engine_thread import Ticket
+from .pool import ModelPool, PoolOptions, Resident
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
