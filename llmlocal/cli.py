@@ -17,7 +17,7 @@ from dataclasses import asdict
 import click
 
 from . import __version__
-from .errors import LlmlocalError, UsageError, VerificationFailedError, error_lines
+from .errors import LlmlocalError, UsageError, VerificationFailedError, error_lines, option_style
 
 
 def _debug_enabled() -> bool:
@@ -29,7 +29,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with option_style(_flag_name):  # the core's messages name --top-p, not top_p
+                return super().invoke(ctx)
         except UsageError as exc:
             _report(exc)
             ctx.exit(2)
@@ -358,7 +359,7 @@ def _sampling(kw: dict):
 
     given = {k: kw.pop(k) for k in list(kw) if k in FIELDS}
     given["stop"] = given.get("stop") or None
-    return SamplingParams.from_mapping(given, name=_flag_name).resolved()
+    return SamplingParams.from_mapping(given).resolved()
 
 
 def _load(kw: dict, **extra):
@@ -895,7 +896,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
       llmlocal serve -m smollm2-135m -m gemma3-270m-base --parallel 8
       LLMLOCAL_API_KEY=secret llmlocal serve --host 0.0.0.0
     """
-    from . import hardware
+    from . import hardware, loader
     from .serve import app as server
     from .serve.pool import PoolOptions
 
@@ -904,8 +905,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
     if not 0 < max_body_mb <= server.MAX_BODY_MB:  # also false for NaN
         raise UsageError(f"--max-body-mb must be a number of megabytes above 0 and at most {server.MAX_BODY_MB}; "
                          f"got {max_body_mb}")
-    if ctx is not None and ctx < 16:
-        raise UsageError(f"--ctx {ctx} is too small")
+    loader.check_context(ctx)
     hardware.check_threads(threads)
     options = PoolOptions(parallel=parallel, ctx=ctx, threads=threads, max_models=max_models, verbose=verbose)
     server.serve(list(models), host=host, port=port, api_key=api_key, options=options,

@@ -8,6 +8,41 @@ This module imports nothing from the package.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+
+
+# How a parameter is spelt where the user typed it: ``max_examples`` for Python and HTTP callers,
+# ``--max-examples`` on the command line (cli.py sets that style). Core messages name parameters
+# through option(), so each surface's users read the name they know.
+def quoted(name: str) -> str:
+    """The style for Python and HTTP callers: the keyword or JSON field, quoted."""
+    return f"'{name}'"
+
+
+_option_style: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar("option_style", default=quoted)
+
+
+def option(name: str) -> str:
+    """``name`` (a keyword argument's name) as the current surface spells the parameter."""
+    return _option_style.get()(name)
+
+
+def set_option_style(style: Callable[[str], str]) -> None:
+    """Spell parameters with ``style`` for the rest of this context (a server request's own task)."""
+    _option_style.set(style)
+
+
+@contextlib.contextmanager
+def option_style(style: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, core messages spell parameters with ``style`` (the CLI's: ``--top-p``)."""
+    token = _option_style.set(style)
+    try:
+        yield
+    finally:
+        _option_style.reset(token)
+
 
 class LlmlocalError(Exception):
     """Base class: a failure with a one-line message and an optional next step."""

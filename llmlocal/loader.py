@@ -41,27 +41,40 @@ class Loaded:
     path: Path
     sha256: str | None
     model: runtime.Model
+    sequences: int = 1
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def n_ctx_seq(self) -> int:
+        """Tokens each of the ``sequences`` may hold (the whole context when there is one)."""
+        model = self.model
+        return model.n_ctx // self.sequences if model.kv_unified else model.n_ctx_seq
+
     def close(self) -> None:
         self.model.close()
 
 
-def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, *, sequences: int = 1) -> int:
-    """The context to load with: ``requested``, or the default capped by training length and RAM.
+MIN_CTX = 16  # below this not even a chat template's own tokens fit
 
-    With several ``sequences`` (parallel decoding) it is the context of each; the default is
-    halved until all of them fit in available RAM together.
-    """
-    trained = info.context_length or 4096
+
+def check_context(ctx: int | None) -> None:
+    """Refuse a context size too small to hold anything (None: the default, sized later)."""
+    if ctx is not None and ctx < MIN_CTX:
+        raise UsageError(f"a context of {ctx} tokens is too small (at least {MIN_CTX})")
+
+
+def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, *, sequences: int = 1,
+                   cap: int | None = None) -> int:
+    """The context of each sequence: ``requested``, or the default capped by ``cap``, training
+    length and RAM (halved until all ``sequences`` fit in available RAM together)."""
+    check_context(requested)
     if requested is not None:
-        if requested < 16:
-            raise UsageError(f"--ctx {requested} is too small")
         return requested  # runtime.check_fits refuses it if it cannot fit
-    ctx = min(spec.context if spec.source else 4096, trained)
+    trained = info.context_length or 4096
+    ctx = min(spec.context if spec.source else 4096, trained, cap or trained)
     avail = hardware.available_memory()
     if avail is None:
         return ctx
@@ -75,18 +88,28 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, 
     return ctx
 
 
-def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None = None,
-         threads: int | None = None, n_seq_max: int = 1, n_batch: int = 512,
+def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None = None, sequences: int = 1,
+         ctx_cap: int | None = None, threads: int | None = None, n_seq_max: int = 1, n_batch: int = 512,
          embeddings: bool = False, verbose: bool = False, kv_unified: bool | None = None,
          extra_buffers: bool | None = None) -> Loaded:
-    """Resolve ``ref`` (default: :func:`default_model`), find its verified bytes, load it."""
+    """Resolve ``ref`` (default: :func:`default_model`), find its verified bytes, load it.
+
+    ``sequences`` > 1 is a context for parallel decoding: each of that many sequences gets ``ctx``
+    tokens (default: see :func:`choose_context`, at most ``ctx_cap``) in a stream of its own;
+    ``Loaded.n_ctx_seq`` says how many it got. ``n_seq_max`` is for contexts whose sequences
+    share one pool of cells instead (classification's label branches).
+    """
     hardware.check_threads(threads)
+    check_context(ctx)
     spec = catalog.resolve(ref or default_model(), sha256=sha256)
     path = store.model_file(spec)
     info = gguf.read_gguf(path)
     runtime.set_verbose(verbose)
-    n_ctx = choose_context(spec, info, ctx)
-    options = runtime.LoadOptions(n_ctx=n_ctx, n_threads=threads, n_seq_max=n_seq_max,
+    per_seq = choose_context(spec, info, ctx, sequences=sequences, cap=ctx_cap)
+    n_ctx = per_seq * sequences
+    if sequences > 1 and kv_unified is None:
+        kv_unified = False  # a stream per sequence: each attends over its own cells only
+    options = runtime.LoadOptions(n_ctx=n_ctx, n_threads=threads, n_seq_max=max(n_seq_max, sequences),
                                   n_batch=min(n_batch, n_ctx), embeddings=embeddings, kv_unified=kv_unified,
                                   extra_buffers=extra_buffers)
     model = runtime.Model(path, options)
@@ -94,4 +117,5 @@ def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None =
         log.info("context rounded up from %d to %d tokens (llama.cpp allocates it in steps of 256)",
                  n_ctx, model.n_ctx)
     installed = store.find_installed(spec) if not spec.is_reference or spec.repo else None
-    return Loaded(spec=spec, path=path, sha256=installed.sha256 if installed else spec.sha256, model=model)
+    return Loaded(spec=spec, path=path, sha256=installed.sha256 if installed else spec.sha256, model=model,
+                  sequences=sequences)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, option
 
 # llama.cpp reads seed 0xFFFFFFFF (LLAMA_DEFAULT_SEED) as "pick one at random", so it can never
 # be a reproducible seed; -1 is the conventional way to ask for that (llama-cli, Ollama).
@@ -47,10 +47,6 @@ _RULES: dict[str, _Rule] = {
 }
 
 
-def _flag(name: str) -> str:
-    return f"'{name}'"
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """How the next token is chosen. temperature 0 means greedy (deterministic)."""
@@ -66,13 +62,14 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
     @classmethod
-    def from_mapping(cls, obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str] = _flag,
+    def from_mapping(cls, obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str] = option,
                      base: SamplingParams | None = None) -> SamplingParams:
         """Checked parameters from ``obj``; keys that are absent or None keep ``base``'s values.
 
         ``where`` prefixes messages ("line 3"); ``name`` shows a field as the surface spells it
-        (the CLI passes ``--top-p``). Unknown keys are an error: a misspelt parameter silently
-        ignored is a wrong result.
+        (by default :func:`errors.option`: ``--top-p`` on the command line, ``'top_p'`` in
+        Python). Unknown keys are an error: a misspelt parameter silently ignored is a wrong
+        result.
 
         Raises:
             InvalidParameterError: a wrong type, NaN or infinity, or a value out of range.
@@ -100,7 +97,7 @@ class SamplingParams:
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingParams))
 
 
-def check(obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str] = _flag) -> dict[str, Any]:
+def check(obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str] = option) -> dict[str, Any]:
     """The given (non-None) entries of ``obj``, each checked and normalised (see from_mapping)."""
     prefix = f"{where}: " if where else ""
     out: dict[str, Any] = {}
@@ -131,7 +128,7 @@ def parse_value(key: str, text: str) -> int | float:
     return _check_number(key, value, rule, "", lambda k: k)
 
 
-def normalise_stop(value: Any, *, where: str = "", name: Callable[[str], str] = _flag) -> tuple[str, ...]:
+def normalise_stop(value: Any, *, where: str = "", name: Callable[[str], str] = option) -> tuple[str, ...]:
     """A stop string or list of them as a tuple; empty strings dropped (they would stop at once)."""
     if isinstance(value, str):
         value = [value]

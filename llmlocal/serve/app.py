@@ -44,6 +44,8 @@ from ..errors import (
     NotInstalledError,
     UnknownModelError,
     UsageError,
+    quoted,
+    set_option_style,
 )
 from . import openai_format as oai
 from .engine_thread import Ticket
@@ -237,6 +239,9 @@ class Api:
                  auth: bool = True) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             try:
+                # Clients send JSON fields: name those in messages, not the flags of whoever
+                # started the server (the context is this request's task, and threads it starts).
+                set_option_style(quoted)
                 if auth and not self._authorised(request):
                     raise oai.ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' "
                                        "with the key the server was started with", code="invalid_api_key")

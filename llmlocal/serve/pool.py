@@ -18,12 +18,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from .. import catalog, chat, classify, embedding, gguf, loader, store
+from .. import catalog, chat, classify, embedding, loader, store
 from ..catalog import ModelSpec
 from ..errors import BusyError, UnknownModelError, UsageError
 from .engine_thread import GenerationWorker
@@ -54,11 +54,8 @@ class Resident:
 
     def __init__(self, ref: str, spec: ModelSpec, options: PoolOptions) -> None:
         self.ref, self.spec, self.options = ref, spec, options
-        info = gguf.read_gguf(store.model_file(spec))
-        capped = replace(spec, context=min(spec.context, DEFAULT_CTX))
-        per_seq = loader.choose_context(capped, info, options.ctx, sequences=options.parallel)
-        self.loaded = loader.load(ref, ctx=per_seq * options.parallel, threads=options.threads,
-                                  n_seq_max=options.parallel, kv_unified=False, verbose=options.verbose)
+        self.loaded = loader.load(ref, ctx=options.ctx, sequences=options.parallel, ctx_cap=DEFAULT_CTX,
+                                  threads=options.threads, verbose=options.verbose)
         self.name = self.loaded.name
         self.model = self.loaded.model
         try:
