@@ -373,5 +373,5 @@ def _with_param(params: SamplingParams, key: str, value) -> SamplingParams:
     if key == "max_tokens" and value is not None and value < 1:
         raise UsageError("max_tokens must be at least 1")
     if value is None:  # only the seed: a fresh one every reply
-        return replace(params, **{key: None})
+        return replace(params, seed=None)
     return params.with_changes(**{key: value})

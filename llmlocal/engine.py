@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -128,6 +128,17 @@ class _Slot:
     @property
     def free(self) -> bool:
         return self.handle is None
+
+    # The fields a busy slot always has (set together when a request is admitted).
+    @property
+    def busy(self) -> Handle:
+        assert self.handle is not None
+        return self.handle
+
+    @property
+    def out(self) -> TokenDecoder:
+        assert self.decoder is not None
+        return self.decoder
 
 
 class Engine:
@@ -243,11 +254,11 @@ class Engine:
         # one compute per run of consecutive sequence ids, so this keeps it to as few as possible.
         tokens: list[int] = []
         positions: list[int] = []
-        seqs: list[int] = []
+        seqs: list[int | Sequence[int]] = []
         logits: list[bool] = []
         scheduled: list[tuple[_Slot, int]] = []
         for slot in self._slots:
-            n = todo.get(slot.seq)
+            n = todo.get(slot.seq, 0)
             if not n:
                 continue
             end = slot.n_past + n
@@ -275,9 +286,9 @@ class Engine:
                 self.stats.prompt_tokens += min(n, slot.n_prompt - slot.n_past)
             slot.n_past += n
             if slot.batch_index >= 0:
-                if slot.handle.prefilled_at is None:
-                    slot.handle.prefilled_at = now
-                    slot.handle.state = "generating"
+                if slot.busy.prefilled_at is None:
+                    slot.busy.prefilled_at = now
+                    slot.busy.state = "generating"
                 self._sample(slot, events)
         return events
 
@@ -342,8 +353,8 @@ class Engine:
                 slot.sampler.accept(t)  # repeat penalties see the prompt, as in Generator.stream
             slot.decoder = TokenDecoder(self.model, req.params, n_ctx=self.n_ctx_seq, ignore_eos=self.ignore_eos)
             handle.state = "prefill"
-            if slot.decoder.done:  # max_tokens 0: nothing to generate, "length", as Generator
-                events.append(self._finish(slot, slot.decoder.finish_reason))
+            if slot.out.done:  # max_tokens 0: nothing to generate, "length", as Generator
+                events.append(self._finish(slot, slot.out.finish_reason))
                 continue
             slot.waiting_on = None
             if self.share_prefix:
@@ -366,10 +377,10 @@ class Engine:
                     best_later, src_later = later, other
         if src_later is not None and best_later - best_now >= _MIN_WAIT_SHARE:
             slot.waiting_on, slot.wait_until = src_later, best_later
-            slot.handle.state = "waiting"
+            slot.busy.state = "waiting"
             return
         slot.waiting_on = None
-        slot.handle.state = "prefill"
+        slot.busy.state = "prefill"
         if src_now is None:
             return
         if self.model.kv_unified:
@@ -392,25 +403,27 @@ class Engine:
                 self._plan_share(slot)  # the shared start is in the cache now: copy it
 
     def _sample(self, slot: _Slot, events: list[Event]) -> None:
+        assert slot.sampler is not None
         token = slot.sampler.sample(slot.batch_index)
         self.stats.gen_tokens += 1
-        decoder = slot.decoder
+        decoder = slot.out
         out = decoder.push(token, len(slot.tokens) + 1)
         if out:
-            events.append(TokenText(slot.handle, out))
+            events.append(TokenText(slot.busy, out))
         if decoder.done:
             events.append(self._finish(slot, decoder.finish_reason))
         else:
             slot.tokens.append(token)
 
-    def _finish(self, slot: _Slot, reason: str) -> Finished:
-        handle = slot.handle
+    def _finish(self, slot: _Slot, reason: str | None) -> Finished:
+        handle = slot.busy
         now = time.perf_counter()
         prefilled = handle.prefilled_at if handle.prefilled_at is not None else now
+        admitted = handle.admitted_at if handle.admitted_at is not None else now
         handle.completion = Completion(
-            text=slot.decoder.text, finish_reason=reason, prompt_tokens=slot.n_prompt,
-            completion_tokens=slot.decoder.produced, cached_tokens=slot.shared,
-            prompt_seconds=prefilled - handle.admitted_at, gen_seconds=now - prefilled,
+            text=slot.out.text, finish_reason=reason or "length", prompt_tokens=slot.n_prompt,
+            completion_tokens=slot.out.produced, cached_tokens=slot.shared,
+            prompt_seconds=prefilled - admitted, gen_seconds=now - prefilled,
             params=asdict(handle.request.params),
         )
         handle.state = "finished"
@@ -420,7 +433,7 @@ class Engine:
         return Finished(handle, handle.completion)
 
     def _fail(self, slot: _Slot, error: BaseException) -> Failed:
-        handle = slot.handle
+        handle = slot.busy
         handle.error = error
         handle.state = "failed"
         handle.finished_at = time.perf_counter()

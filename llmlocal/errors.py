@@ -63,7 +63,7 @@ class LlmlocalError(Exception):
         return _rebuild, (type(self), self.args, self.__dict__)
 
 
-def _rebuild(cls: type, args: tuple, state: dict) -> LlmlocalError:
+def _rebuild(cls: type[LlmlocalError], args: tuple, state: dict) -> LlmlocalError:
     err = cls.__new__(cls)
     Exception.__init__(err, *args)
     err.__dict__.update(state)

@@ -12,7 +12,7 @@ import os
 import re
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -327,10 +327,10 @@ class _Tensors:
 
     params: int = 0
     data_end: int = 0  # where the last tensor of a known type ends, from the data section's start
-    by_type: Counter[int] | None = None  # bytes per ggml type id
-    shapes: dict[str, tuple[int, ...]] | None = None
-    unknown: list[tuple[int, int]] | None = None  # (offset, type id) of tensors of unknown types
-    offsets: list[int] | None = None  # every tensor's, from the data section's start
+    by_type: Counter[int] = field(default_factory=Counter)  # bytes per ggml type id
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    unknown: list[tuple[int, int]] = field(default_factory=list)  # (offset, type id) of tensors of unknown types
+    offsets: list[int] = field(default_factory=list)  # every tensor's, from the data section's start
     layers: int = 0  # 1 + the highest N of a blk.N.* tensor
 
 
@@ -344,7 +344,7 @@ def _tensor_infos(r: _Reader, count: int, alignment: int) -> _Tensors:
     A type id this table does not know is not corruption: a newer ggml may have added it, and
     the file may load with a newer llama.cpp. Its size is taken from where the tensors lie.
     """
-    t = _Tensors(by_type=Counter(), shapes={}, unknown=[], offsets=[])
+    t = _Tensors()
     names: set[str] = set()
     expected: int | None = 0  # offsets run on without gaps; unknowable after an unknown type
     for _ in range(count):
@@ -478,8 +478,8 @@ def _check_model(info: GGUFInfo, kv: dict[str, Any], shapes: dict[str, tuple[int
     if (count("nextn_predict_layers", 0) or 0) > (layers or 0):
         raise fail(f"{arch}.nextn_predict_layers is more than the {layers} layers")
 
-    experts, groups = count("expert_count", 0), count("expert_group_count", 0)
-    group_used = count("expert_group_used_count", 0)
+    experts, groups = count("expert_count", 0) or 0, count("expert_group_count", 0) or 0
+    group_used = count("expert_group_used_count", 0) or 0
     used = max(per_layer("expert_used_count", layers) or [0])
     if experts > LLAMA_MAX_EXPERTS:
         raise fail(f"{arch}.expert_count is {experts}; llama.cpp allows at most {LLAMA_MAX_EXPERTS}")

@@ -32,7 +32,8 @@ class ByteProgress:
 
     def __init__(self, *_: Any, total: int | None = None, initial: int = 0, desc: str = "",
                  disable: bool = False, file: TextIO | None = None, **__: Any) -> None:
-        self.total, self.n, self.desc = total, initial, desc
+        self.total, self.desc = total, desc
+        self.n: float = initial
         self.start_n, self.start = initial, time.monotonic()
         self.disable = disable or not self.enabled
         self.file = file or sys.stderr

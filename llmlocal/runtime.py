@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from . import gguf, hardware
 from .errors import DecodeError, InsufficientMemoryError, ModelLoadError, UsageError
@@ -328,7 +328,8 @@ class Model:
         eos = self.token_text(self.eos) if self.eos >= 0 else ""
         fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos,
                                   add_generation_prompt=add_generation_prompt)
-        return fmt(messages=messages).prompt
+        # llama-cpp-python types messages as its own TypedDicts; ours have the same shape.
+        return fmt(messages=cast(Any, messages)).prompt
 
     # -- evaluation
 
@@ -340,6 +341,7 @@ class Model:
         is computed once (classification evaluates an item once for all its label branches).
         """
         b = self._batch
+        assert b is not None, "the model is closed"
         n = len(tokens)
         if n > self.options.n_batch:
             raise UsageError(f"batch of {n} tokens exceeds the context's batch size {self.options.n_batch}")
@@ -366,6 +368,7 @@ class Model:
     def decode_one(self, token: int, pos: int, seq_id: int = 0) -> None:
         """The per-token hot path of generation: one token, logits on."""
         b = self._batch
+        assert b is not None, "the model is closed"
         b.token[0] = token
         b.pos[0] = pos
         b.n_seq_id[0] = 1

@@ -149,15 +149,16 @@ def _check_number(key: str, value: Any, rule: _Rule, prefix: str, name: Callable
         value = int(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidParameterError(f"{prefix}{name(key)} must be a finite number, got {value!r}", field=key)
-    too_low = rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low)
-    too_high = rule.high is not None and value > rule.high
+    low, high = rule.low, rule.high
+    too_low = low is not None and (value <= low if rule.low_open else value < low)
+    too_high = high is not None and value > high
     if too_low or too_high:
-        if rule.interval:
-            bounds = f"in {'(' if rule.low_open else '['}{_num(rule.low)}, {_num(rule.high)}]"
-        elif too_low:
-            bounds = f"{'>' if rule.low_open else '>='} {_num(rule.low)}"
+        if rule.interval and low is not None and high is not None:
+            bounds = f"in {'(' if rule.low_open else '['}{_num(low)}, {_num(high)}]"
+        elif too_low and low is not None:
+            bounds = f"{'>' if rule.low_open else '>='} {_num(low)}"
         else:
-            bounds = f"<= {_num(rule.high)}"
+            bounds = f"<= {_num(high or 0)}"
         why = f" ({rule.why})" if rule.why else ""
         raise InvalidParameterError(f"{prefix}{name(key)} must be {bounds}{why}; got {value!r}", field=key)
     return rule.kind(value)

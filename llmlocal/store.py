@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from . import atomic, paths
 from .catalog import ModelSpec
@@ -413,7 +413,7 @@ def _install_from_files(spec: ModelSpec, sources: list[Path], *, progress: bool)
     return PullResult(inst, fetched=size, seconds=time.monotonic() - started)
 
 
-def _hub_error(spec: ModelSpec, exc: BaseException) -> Exception:
+def _hub_error(spec: ModelSpec, exc: BaseException) -> BaseException:
     """Map huggingface_hub / transport errors to ours, with the next step to take."""
     import httpx2
     from huggingface_hub import errors as hf
@@ -552,7 +552,7 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
     with _disk_errors(spec.name, partial), open(partial, "ab") as raw, _quiet_hub_logs():
         fh = _HashingFile(raw, partial)
         try:
-            file_download.http_get(meta.location, fh, resume_size=have, expected_size=size,
+            file_download.http_get(meta.location, cast(BinaryIO, fh), resume_size=have, expected_size=size,
                                    headers=build_hf_headers(token=token), displayed_filename=spec.name,
                                    tqdm_class=ByteProgress if progress else SilentProgress)
         except hf_errors as exc:

@@ -71,7 +71,8 @@ def _api_error(exc: BaseException) -> oai.ApiError:
     """The API's answer to an exception a request raised."""
     if isinstance(exc, oai.ApiError):
         return exc
-    message = str(exc) + (f"; {exc.hint}" if getattr(exc, "hint", None) else "")
+    hint = getattr(exc, "hint", None)
+    message = str(exc) + (f"; {hint}" if hint else "")
     if isinstance(exc, UnknownModelError):
         return oai.ApiError(404, f"The model '{exc.name}' does not exist; `llmlocal models` lists the catalogue",
                             code="model_not_found", param="model")
@@ -333,6 +334,7 @@ class Api:
         if resident.template is None:
             raise oai.ApiError(400, f"{resident.name} has no chat template (a base model): use /v1/completions "
                                "with the prompt as-is", param="model")
+        assert req.messages is not None  # parse_chat always sets them
         return generate.prompt_tokens(model, req.messages, template=resident.template, n_ctx=resident.n_ctx_seq)[0]
 
     def _end(self, resident: Resident, ticket: Ticket) -> None:

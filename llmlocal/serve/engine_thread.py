@@ -143,5 +143,6 @@ class GenerationWorker:
                 self._send(ticket, event)
         for ticket in list(self._tickets.values()):
             self._ended(ticket)
-            self._send(ticket, Failed(ticket.handle, RuntimeError("the server is shutting down")))
+            if ticket.handle is not None:  # every ticket in _tickets was submitted
+                self._send(ticket, Failed(ticket.handle, RuntimeError("the server is shutting down")))
         engine.close()
