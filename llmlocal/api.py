@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from . import generate, loader
+from . import engine, generate, loader
 from .errors import UsageError
 from .generate import Completion
 from .sampling import FIELDS, SamplingParams
@@ -153,8 +153,7 @@ class LocalModel:
         self._check_idle()
         if isinstance(prompts, str):
             raise UsageError("batch() takes a list of prompts; use complete() for one")
-        if parallel < 1:
-            raise UsageError("parallel must be at least 1")
+        engine.check_parallel(parallel)
         params = sampling_params(sampling)
         return _batch.complete_all(model, list(prompts), params=params, raw=raw, system=system, parallel=parallel)
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .decoding import TokenDecoder
-from .errors import ContextOverflowError, DecodeError, UsageError
+from .errors import ContextOverflowError, DecodeError, UsageError, option
 from .generate import Completion, common_prefix
 from .runtime import Model, Sampler, SamplingParams
 
@@ -139,6 +139,17 @@ class _Slot:
     def out(self) -> TokenDecoder:
         assert self.decoder is not None
         return self.decoder
+
+
+# llama.cpp keeps per-sequence state up to LLAMA_MAX_SEQ (256); past a few dozen sequences a
+# 2-8 core CPU gains nothing and each one costs its own share of the context.
+MAX_PARALLEL = 64
+
+
+def check_parallel(n: int) -> None:
+    """Refuse a parallel sequence count outside 1..MAX_PARALLEL, before anything is loaded."""
+    if not 1 <= n <= MAX_PARALLEL:
+        raise UsageError(f"{option('parallel')} must be between 1 and {MAX_PARALLEL}; got {n}")
 
 
 class Engine:

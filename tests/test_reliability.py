@@ -173,3 +173,10 @@ def test_chat_save_error_names_the_path_typed_not_a_temporary_file(smollm2, tmp_
             session.save(typed)
         assert str(err.value) == f"cannot write {typed}: No such file or directory"
         assert ".tmp" not in str(err.value) and "-o" not in err.value.hint
+
+
+@pytest.mark.parametrize("value", ["0", "100000"])
+def test_serve_parallel_is_bounded_before_listening(installed, value) -> None:
+    result = run_llmlocal("serve", "--port", "0", "--parallel", value)
+    assert result.returncode == 2 and "serving on" not in result.stderr
+    assert_clean_error(result.stderr, "--parallel must be between 1 and 64")

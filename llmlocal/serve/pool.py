@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .. import catalog, chat, classify, embedding, loader, store
+from .. import catalog, chat, classify, embedding, engine, loader, store
 from ..catalog import ModelSpec
 from ..errors import BusyError, UnknownModelError, UsageError
 from .engine_thread import GenerationWorker
@@ -123,8 +123,7 @@ class ModelPool:
     """Residents by model name, at most ``options.max_models`` of them. Thread-safe."""
 
     def __init__(self, options: PoolOptions, *, on_note: Callable[[str], None] | None = None) -> None:
-        if options.parallel < 1:
-            raise UsageError("--parallel must be at least 1")
+        engine.check_parallel(options.parallel)
         if options.max_models < 1:
             raise UsageError("--max-models must be at least 1")
         self.options = options
