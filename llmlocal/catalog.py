@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from . import paths
+from . import paths, tabular
 from .errors import CatalogError, UnknownModelError, UsageError
 
 if sys.version_info >= (3, 11):
@@ -76,7 +76,7 @@ def bundled_catalog_path() -> Path:
 def parse_catalog(text: str, source: str) -> dict[str, ModelSpec]:
     """Parse one models.toml text; raise CatalogError naming the file, entry and problem."""
     try:
-        data = tomllib.loads(text)
+        data = tabular.loads_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(source, f"invalid TOML: {exc}") from None
     unknown_top = set(data) - {"models"}

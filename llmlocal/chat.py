@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import atomic, sampling
+from . import atomic, sampling, tabular
 from .errors import ContextOverflowError, InputFormatError, OutputNotWritableError, UsageError
 from .generate import Completion, Generator, tokenize_prompt
 from .runtime import Model
@@ -291,7 +291,7 @@ class ChatSession:
         """
         source = Path(path).expanduser()
         try:
-            data = json.loads(source.read_text(encoding="utf-8"))
+            data = tabular.loads_json(source.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise InputFormatError(str(source), "no such file") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from . import paths
+from . import paths, tabular
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -32,7 +32,7 @@ _KEYS = ("default_model",)
 def parse_config(text: str, source: str) -> Config:
     """Parse config.toml text; raise ConfigError naming ``source``, the key and the problem."""
     try:
-        data = tomllib.loads(text)
+        data = tabular.loads_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, f"invalid TOML: {exc}") from None
     unknown = sorted(set(data) - set(_KEYS))

@@ -265,3 +265,27 @@ def check_text(text: str, name: str, *, line: int | None = None) -> str:
         raise InputFormatError(name, f"not valid UTF-8 (byte 0x{bad[0]:02x} at column {exc.start + 1})",
                                line=line) from None
     return text
+
+
+# ---------------------------------------------------------------- JSON and TOML documents
+
+
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads``, where a document nested too deeply for Python's recursive parser is a
+    JSONDecodeError like any other malformed one (it would otherwise be a RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to read", text if isinstance(text, str) else "", 0) from None
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads``, with the same rule for nesting as :func:`loads_json`."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("nested too deeply to read") from None

@@ -180,3 +180,32 @@ def test_serve_parallel_is_bounded_before_listening(installed, value) -> None:
     result = run_llmlocal("serve", "--port", "0", "--parallel", value)
     assert result.returncode == 2 and "serving on" not in result.stderr
     assert_clean_error(result.stderr, "--parallel must be between 1 and 64")
+
+
+# ---------------------------------------------------------------- documents nested past Python's recursion limit
+
+
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.parametrize("file, text, words", [
+    ("models.toml", f"a = {DEEP}\n", "models.toml: invalid TOML: nested too deeply to read"),
+    ("config.toml", f"default_model = {DEEP}\n", "config.toml: invalid TOML: nested too deeply to read"),
+])
+def test_a_hostile_toml_file_in_the_home_is_a_clean_error(installed, file, text, words) -> None:
+    (installed / file).write_text(text)
+    result = run_llmlocal("complete", "-n", "2", "hi")
+    assert result.returncode == 1
+    assert_clean_error(result.stderr, re.escape(words))
+
+
+def test_a_hostile_chat_transcript_is_an_input_error(smollm2, tmp_path) -> None:
+    from llmlocal import chat
+    from llmlocal.errors import InputFormatError
+    from llmlocal.runtime import LoadOptions, Model
+
+    path = tmp_path / "deep.json"
+    path.write_text('{"messages": ' + DEEP + "}")
+    with Model(smollm2, LoadOptions(n_ctx=256)) as model:
+        with pytest.raises(InputFormatError, match="not a JSON transcript .nested too deeply"):
+            chat.ChatSession(model, template=model.chat_template()).load(path)
