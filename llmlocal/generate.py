@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from .decoding import Stream, TokenDecoder
-from .errors import ContextOverflowError, UsageError
+from .errors import ContextOverflowError, UsageError, option
 from .runtime import Model
 from .sampling import SamplingParams
 
@@ -141,7 +141,7 @@ def build_prompt(model: Model, text: str, *, raw: bool, system: str | None = Non
     """The text the model sees: ``text`` as-is (raw), or one user turn in the chat template."""
     if raw:
         if system:
-            raise UsageError("a system prompt needs a chat template; it cannot be used with a raw prompt")
+            raise UsageError(f"{option('system')} needs a chat template; it cannot be used with {option('raw')}")
         return text
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     return model.render_chat(messages, template=template)
