@@ -27,8 +27,8 @@ from typing import IO, Any
 
 from . import __version__, atomic, catalog, gguf, loader, runtime, store
 from .engine import Engine, Request
-from .errors import (ContextOverflowError, InputFormatError, LlmlocalError, ResumeMismatchError,
-                     UsageError)
+from .errors import (BatchFailedError, ContextOverflowError, ForeignOutputError, InputFormatError, LlmlocalError,
+                     ResumeMismatchError, UsageError)
 from .generate import Completion, build_prompt, fit_prompt, tokenize_prompt
 from .runtime import Model, SamplingParams
 
@@ -231,39 +231,61 @@ class OutputState:
 def inspect_output(output: str | os.PathLike[str]) -> OutputState:
     """Read an output file (without changing it) for resuming.
 
+    Only a file this job format wrote is ever added to or cut: its sidecar names the format and
+    every line is a result record. The one exception is the tail a crash leaves, which is cut
+    and redone: bytes after the last newline (each line is written with one write, newline
+    included) or a last line of NUL bytes (a filesystem's zero fill after a power cut).
+
     Raises:
-        InputFormatError: a line before the last is not a result line (the file is not ours).
+        ForeignOutputError: the sidecar is not a batch sidecar, the file has lines but no
+            sidecar, or a line is not a result record: the file is someone else's (or damaged).
     """
     state = OutputState()
     path = Path(output)
+    sidecar = meta_path(path)
     try:
-        state.meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        pass
+        meta = None
     except (OSError, ValueError) as exc:
-        raise InputFormatError(str(meta_path(path)), f"unreadable ({exc}); remove it to start over") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "is not valid JSON"
+        raise ForeignOutputError(str(sidecar), f"cannot be read as a batch sidecar ({reason})") from None
+    if meta is not None and not (isinstance(meta, dict) and meta.get("format") == FORMAT):
+        raise ForeignOutputError(str(sidecar), f"is not an llmlocal batch sidecar (no \"format\": \"{FORMAT}\")")
+    state.meta = meta
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return state
+    if data and meta is None:
+        raise ForeignOutputError(str(path), f"has content but no {sidecar.name}, so llmlocal batch did not write it")
     end = data.rfind(b"\n") + 1  # a tail without a newline was being written when it stopped
-    body = data[:end]
+    raw_lines = data[:end].split(b"\n")[:-1]
     offset = 0
-    raw_lines = body.split(b"\n")[:-1]
     for i, raw in enumerate(raw_lines):
-        try:
-            rec = json.loads(raw)
-            key = _id_key(rec["id"])
-        except (ValueError, KeyError, TypeError):
-            if i == len(raw_lines) - 1:  # garbage ending in a newline (e.g. zeros after a power cut)
+        key = _record_key(raw)
+        if key is None:
+            if i == len(raw_lines) - 1 and raw.strip(b"\0") == b"":
                 break
-            raise InputFormatError(str(path), "is not an llmlocal batch output (or is damaged)", line=i + 1) from None
+            raise ForeignOutputError(f"{path}:{i + 1}", "is not a batch result line (the file is not a batch "
+                                     "output, or is damaged)")
         state.done.add(key)
         state.lines += 1
         offset += len(raw) + 1
     state.keep_bytes = offset
     state.torn_bytes = len(data) - offset
     return state
+
+
+def _record_key(raw: bytes) -> str | None:
+    """The id key of an output line, or None if it is not a result record."""
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or "id" not in rec or "text" not in rec:
+        return None
+    return _id_key(rec["id"])
 
 
 def _differences(old: dict, settings: JobSettings, sha256: str | None) -> list[str]:
@@ -292,10 +314,15 @@ class BatchSummary:
     completion_tokens: int = 0
     seconds: float = 0.0
     parallel: int = 1
+    first_error: dict | None = None  # the first error record written in this run
 
     @property
     def done(self) -> int:
         return self.skipped + self.completed
+
+    @property
+    def succeeded(self) -> int:
+        return self.completed - self.failed
 
     @property
     def items_per_second(self) -> float:
@@ -431,12 +458,15 @@ def complete_items(model: Model, items: Sequence[BatchItem], settings: JobSettin
                 continue
             yield Request(tokens, params, tag=index)
 
-    for request, result in Engine(model, parallel).run(requests()):
-        while refused:
-            yield refused.popleft()
-        item = items[request.tag]
-        yield request.tag, (_result_record(item, result) if isinstance(result, Completion)
-                            else _error_record(item, result))
+    # closing(): when this generator is closed early (the writer failed, Ctrl-C), the engine's
+    # slots are freed now, while the model is certainly still open.
+    with contextlib.closing(Engine(model, parallel).run(requests())) as results:
+        for request, result in results:
+            while refused:
+                yield refused.popleft()
+            item = items[request.tag]
+            yield request.tag, (_result_record(item, result) if isinstance(result, Completion)
+                                else _error_record(item, result))
     while refused:
         yield refused.popleft()
 
@@ -460,12 +490,34 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
     """Append ``results`` ((index into ``todo``, record) pairs, any order) to ``output`` as they come:
     in input order with ``ordered`` (a record waits for the earlier ones), else at once.
 
+    ``results`` is closed before this returns or raises, so a generator over a model (see
+    :func:`complete_items`) has freed its engine before the caller closes the model.
+
     Raises:
         BatchInterrupted: on Ctrl-C, after every finished line is on disk.
+        DiskSpaceError, OutputWriteError: the output could not be written; the lines before are kept.
     """
+    try:
+        return _write_results(total, todo, results, output, parallel=parallel, ordered=ordered,
+                              progress=progress, progress_file=progress_file)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+_RESUME_STEP = "run the same job again with the same output: the finished lines are kept and it goes on from there"
+
+
+def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple[int, dict]],
+                   output: str | os.PathLike[str], *, parallel: int, ordered: bool, progress: bool,
+                   progress_file: IO[str] | None) -> BatchSummary:
     summary = BatchSummary(output=str(output), total=total, skipped=total - len(todo), parallel=parallel)
     bar = _Progress(total, summary.skipped, enabled=progress and bool(todo), file=progress_file)
-    writer = _Writer(Path(output))
+    try:
+        writer = _Writer(Path(output))
+    except OSError as exc:
+        raise atomic.write_failure(output, exc, next_step=_RESUME_STEP) from None
     waiting: dict[int, dict] = {}  # finished, not yet written (--ordered: waiting for earlier lines)
     next_out = 0
     started = time.perf_counter()
@@ -475,6 +527,8 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
         summary.completed += 1
         if "error" in record:
             summary.failed += 1
+            if summary.first_error is None:
+                summary.first_error = record
         else:
             summary.prompt_tokens += record["usage"]["prompt_tokens"]
             summary.completion_tokens += record["usage"]["completion_tokens"]
@@ -484,7 +538,11 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
             ready.append(next_out)
             next_out += 1
         for i in ready:
-            writer.write(waiting[i])
+            try:
+                writer.write(waiting[i])
+            except OSError as exc:
+                # Part of the line may be on disk: a resume finds it torn and redoes it.
+                raise atomic.write_failure(output, exc, next_step=_RESUME_STEP) from None
             del waiting[i]  # only once it is on disk: an interrupted write is redone on resume
             summary.written += 1
         summary.seconds = time.perf_counter() - started
@@ -505,6 +563,25 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
     bar.update(summary, force=True)
     bar.close()
     return summary
+
+
+def check_succeeded(summary: BatchSummary) -> None:
+    """Refuse to call a run a success when it had lines to do and every one of them failed.
+
+    Raises:
+        BatchFailedError: with the first error; the error records stay in the output.
+    """
+    if not summary.completed or summary.succeeded:
+        return
+    first = summary.first_error or {}
+    if first.get("error_type") == "InputError":
+        what = ("batch input is JSON Lines ({\"prompt\": ...} or {\"messages\": [...]} per line) or plain "
+                "UTF-8 text, one prompt per line; ")
+    else:
+        what = ""
+    raise BatchFailedError(summary, summary.first_error, hint=(
+        f"{what}each line's reason is in the \"error\" field of {summary.output}; ids already there (failed "
+        "ones too) are skipped when resuming, so run the fixed job with a new output file"))
 
 
 def complete_all(model: Model, prompts: Sequence[str | list[dict]], *, params: SamplingParams,
@@ -550,13 +627,16 @@ def _decode_in_order(model: Model, token_lists: list[list[int]], params: Samplin
     next_out = 0
     with Model(model.path, options) as decoder:
         engine = Engine(decoder, parallel)
-        for request, result in engine.run(Request(t, params, tag=i) for i, t in enumerate(token_lists)):
-            if isinstance(result, BaseException):
-                raise result
-            finished[request.tag] = result
-            while next_out in finished:
-                yield finished.pop(next_out)
-                next_out += 1
+        # closing(): the engine lets go of the decoder's cache before the decoder is freed, even
+        # when the caller stops iterating early.
+        with contextlib.closing(engine.run(Request(t, params, tag=i) for i, t in enumerate(token_lists))) as results:
+            for request, result in results:
+                if isinstance(result, BaseException):
+                    raise result
+                finished[request.tag] = result
+                while next_out in finished:
+                    yield finished.pop(next_out)
+                    next_out += 1
 
 
 @dataclass
@@ -600,9 +680,16 @@ class JobPlan:
                 earlier.append(old)
             if earlier:
                 meta["earlier"] = earlier
-        atomic.write_text(meta_path(self.output), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        sidecar = meta_path(self.output)
+        try:
+            atomic.write_text(sidecar, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise atomic.write_failure(sidecar, exc, next_step=_RESUME_STEP) from None
         if self.state.torn_bytes:
-            os.truncate(self.output, self.state.keep_bytes)
+            try:
+                os.truncate(self.output, self.state.keep_bytes)
+            except OSError as exc:
+                raise atomic.write_failure(self.output, exc, next_step=_RESUME_STEP) from None
             print(f"note: cut off an incomplete last line ({self.state.torn_bytes} bytes) left by an interrupted "
                   "run; it will be redone", file=sys.stderr)
 
@@ -629,9 +716,7 @@ def plan_job(input: str, output: str, *, model: str | None = None, sha256: str |
         raise UsageError(f"--ctx {ctx} is too small")
     atomic.check_writable(output)
     state = inspect_output(output)
-    if state.lines and state.meta is None and not force:
-        raise ResumeMismatchError(str(output), [f"it has {state.lines} lines but no {meta_path(output).name}"])
-    resuming = bool(state.lines) and state.meta is not None
+    resuming = bool(state.lines)
     old = state.meta or {}
     items = read_items(input, format=input_format)
 

@@ -565,11 +565,12 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
     if not quiet and not summary.completed:
         click.echo(f"nothing to do: all {summary.total} lines are already in {summary.output}", err=True)
     elif not quiet:
-        earlier = f", {summary.skipped} from an earlier run" if summary.skipped else ""
-        click.echo(f"done: {summary.done} of {summary.total} lines in {summary.output} ({summary.completed} now"
-                   f"{earlier}; {summary.failed} failed); {summary.completion_tokens} tokens generated in "
-                   f"{summary.seconds:.1f} s: {summary.items_per_second:.2f} items/s, "
-                   f"{summary.tokens_per_second:.1f} tok/s at --parallel {summary.parallel}", err=True)
+        click.echo(f"done: {summary.done} of {summary.total} lines in {summary.output}: {summary.succeeded} "
+                   f"succeeded, {summary.failed} failed, {summary.skipped} skipped (from an earlier run); "
+                   f"{summary.completion_tokens} tokens generated in {summary.seconds:.1f} s: "
+                   f"{summary.items_per_second:.2f} items/s, {summary.tokens_per_second:.1f} tok/s at "
+                   f"--parallel {summary.parallel}", err=True)
+    batch.check_succeeded(summary)
 
 
 # ---------------------------------------------------------------- classification
@@ -806,7 +807,7 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
       llmlocal embed messages.csv -o vectors.npy
       llmlocal embed -m gemma3-270m-base notes.txt -o vectors.jsonl
     """
-    from . import classify, embedding
+    from . import classify
 
     if output is not None and not output.endswith((".jsonl", ".npy", ".ndjson")):
         raise UsageError(f"cannot tell the output format of '{output}'", hint="name it .jsonl or .npy")
@@ -817,7 +818,8 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
                                    text_column=kw.pop("text_column"), id_column=kw.pop("id_column"))
     loaded = _load(kw, embeddings=True, n_seq_max=16)
     try:
-        vectors = embedding.embed_texts(loaded.model, [i.text for i in items], normalize=not no_normalize)
+        vectors = classify.embed_items(loaded.model, items, normalize=not no_normalize,
+                                       source=input if input not in (None, "-") else "<stdin>")
     finally:
         loaded.close()
     classify.write_embeddings(items, vectors, output=output)

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from llmlocal import batch
 from llmlocal.batch import BatchItem, inspect_output, read_items
 from llmlocal.cli import cli
-from llmlocal.errors import InputFormatError
+from llmlocal.errors import ForeignOutputError, InputFormatError
 from tests.models import SMOLLM2_SHA256
 
 SYSTEM = "Answer in one short sentence."
@@ -175,8 +175,14 @@ def test_missing_input_is_a_clean_error(tmp_path):
 # ---------------------------------------------------------------- output scan (no model)
 
 
+def ours(out: Path) -> Path:
+    """A batch sidecar beside ``out``, as a run that wrote it would leave."""
+    Path(f"{out}.meta.json").write_text(json.dumps({"format": batch.FORMAT, "params": {}}), encoding="utf-8")
+    return out
+
+
 def test_torn_last_line_is_found_and_nothing_is_changed(tmp_path):
-    out = tmp_path / "out.jsonl"
+    out = ours(tmp_path / "out.jsonl")
     good = b'{"id": "a", "text": "x"}\n{"id": 2, "text": "y"}\n'
     out.write_bytes(good + b'{"id": "c", "te')
     state = inspect_output(out)
@@ -186,16 +192,16 @@ def test_torn_last_line_is_found_and_nothing_is_changed(tmp_path):
 
 
 def test_zeros_after_a_power_cut_count_as_torn(tmp_path):
-    out = tmp_path / "out.jsonl"
+    out = ours(tmp_path / "out.jsonl")
     out.write_bytes(b'{"id": "a", "text": "x"}\n' + b"\0" * 40 + b"\n")
     state = inspect_output(out)
     assert state.lines == 1 and state.torn_bytes == 41
 
 
 def test_a_damaged_middle_line_is_refused(tmp_path):
-    out = tmp_path / "out.jsonl"
-    out.write_bytes(b'{"id": "a"}\nnot json\n{"id": "b"}\n')
-    with pytest.raises(InputFormatError, match="out.jsonl:2"):
+    out = ours(tmp_path / "out.jsonl")
+    out.write_bytes(b'{"id": "a", "text": "x"}\nnot json\n{"id": "b", "text": "y"}\n')
+    with pytest.raises(ForeignOutputError, match="out.jsonl:2"):
         inspect_output(out)
 
 
@@ -217,7 +223,8 @@ def test_full_job_one_line_per_input_line(reference):
     meta = reference["meta"]
     assert meta["sha256"] == SMOLLM2_SHA256 and meta["format"] == "llmlocal-batch/1"
     assert meta["params"]["temperature"] == 0 and meta["params"]["max_tokens"] == 8
-    assert "done: 50 of 50 lines" in reference["stderr"] and "1 failed" in reference["stderr"]
+    assert "done: 50 of 50 lines" in reference["stderr"]
+    assert "49 succeeded, 1 failed, 0 skipped" in reference["stderr"]
 
 
 def test_batch_text_equals_complete_for_each_prompt_kind(reference, model_arg):
@@ -260,7 +267,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes_the_job(reference, model_arg
 
     again = run_llmlocal(*args)
     assert again.returncode == 0, again.stderr
-    assert f"{len(partial)} from an earlier run" in again.stderr
+    assert f"{len(partial)} skipped (from an earlier run)" in again.stderr
     assert essence(read_output(out)) == essence(reference["records"])  # same lines, same order, each id once
 
 
