@@ -97,6 +97,8 @@ def write_failure(path: str | os.PathLike[str], exc: OSError, *, next_step: str)
         err = DiskSpaceError(f"cannot write {path}: {reason}", hint=f"free some disk space, then {next_step}")
         err.path, err.errno = str(path), exc.errno
         return err
+    if exc.errno == errno.EFBIG:
+        next_step = f"raise the file size limit (`ulimit -f`), then {next_step}"
     return OutputWriteError(str(path), reason, hint=next_step, errno=exc.errno)
 
 
