@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, atomic, catalog, gguf, loader, runtime, store
+from . import __version__, atomic, catalog, gguf, loader, runtime, store, tabular
 from .engine import Engine, Request
 from .errors import (BatchFailedError, ContextOverflowError, ForeignOutputError, InputFormatError, LlmlocalError,
                      ResumeMismatchError, UsageError)
@@ -36,7 +36,6 @@ FORMAT = "llmlocal-batch/1"
 DEFAULT_PARALLEL = 8  # benchmarks/batch_bench.py on a 2-core machine: see the README
 MAX_PARALLEL = 64
 _FSYNC_SECONDS = 2.0  # a crash loses at most this much finished work to the page cache
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # The job-level settings a resume must share with the run that wrote the output.
 _COMPARED = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed",
              "max_tokens", "stop", "system", "raw", "ctx")
@@ -82,47 +81,36 @@ def _id_key(value: Any) -> str:
 def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[BatchItem]:
     """Parse a batch input file (``-`` for stdin); per-line problems land in ``item.error``.
 
-    ``format``: ``jsonl``, ``text`` or ``auto`` (by extension: .jsonl/.ndjson/.json are JSONL,
-    .txt is text; otherwise JSONL if the first non-blank line starts with ``{``).
+    Read through :func:`llmlocal.tabular.read_lines`, by the rules classify's readers follow:
+    ``format`` is ``jsonl``, ``text`` (tabular's ``lines``) or ``auto`` (by extension:
+    .jsonl/.ndjson/.json are JSONL, .txt is text; otherwise JSONL if the first non-blank line
+    starts with ``{``). A line that is not UTF-8 or not a JSON object is that line's error.
 
     Raises:
         InputFormatError: the file cannot be read at all.
+        UsageError: an unknown ``format``, or an input that is CSV or TSV by its extension.
     """
-    name = "<stdin>" if str(source) == "-" else str(source)
-    try:
-        if str(source) == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            data = Path(source).read_bytes()
-    except OSError as exc:
-        raise InputFormatError(name, f"cannot read it: {exc.strerror or exc}") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if format == "auto":
-        suffix = Path(name).suffix.lower()
-        if suffix in _JSONL_SUFFIXES:
-            format = "jsonl"
-        elif suffix == ".txt":
-            format = "text"
-        else:
-            first = next((raw.strip() for raw in lines if raw.strip()), b"")
-            format = "jsonl" if first.startswith(b"{") else "text"
-    if format not in ("jsonl", "text"):
+    formats = {"auto": None, "jsonl": "jsonl", "text": "lines"}
+    if format not in formats:
         raise UsageError(f"unknown input format '{format}' (expected jsonl, text or auto)")
-
+    try:
+        table, records = tabular.read_lines(str(source), format=formats[format])
+    except InputFormatError as exc:
+        if exc.problem.startswith("is CSV") or exc.problem.startswith("is TSV"):
+            raise UsageError(f"{exc.path} {exc.problem.split(';')[0]}; batch reads JSONL or plain text",
+                             hint="pass --format text to take each line as a prompt") from None
+        raise
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(lines, start=1):
-        raw = raw.rstrip(b"\r")
-        if not raw.strip():
+    for record in records:
+        number = record.line
+        if isinstance(record, tabular.BadLine):
+            items.append(BatchItem(line=number, id=number, error=f"line {number}: {record.problem}"))
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            items.append(BatchItem(line=number, id=number, error=f"line {number} is not UTF-8 ({exc.reason})"))
-            continue
-        item = _parse_jsonl(number, text) if format == "jsonl" else BatchItem(line=number, id=number, prompt=text)
+        if table.format == "jsonl":
+            item = _item_from_object(number, record.values)
+        else:
+            item = BatchItem(line=number, id=number, prompt=record.values["text"])
         first = seen.setdefault(item.key, number)
         if first != number and item.error is None:
             item.error = f"duplicate id {item.key} (first used on line {first})"
@@ -130,23 +118,26 @@ def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[
     return items
 
 
-def _parse_jsonl(number: int, text: str) -> BatchItem:
+def _item_from_object(number: int, obj: dict) -> BatchItem:
     item = BatchItem(line=number, id=number)
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        item.error = f"line {number} is not valid JSON: {exc.msg} (column {exc.colno})"
-        return item
-    if not isinstance(obj, dict):
-        item.error = f"line {number} is not a JSON object"
-        return item
-    if obj.get("id") is not None:
-        item.id = obj["id"]
-    try:
+        ident = obj.get("id")
+        if ident is not None:
+            if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+                raise ValueError("'id' must be a string or an integer")
+            item.id = ident
         _fill_item(item, obj)
     except ValueError as exc:
         item.error = f"line {number}: {exc}"
     return item
+
+
+def _check_unicode(text: str, field: str) -> None:
+    """Refuse text that cannot be encoded (a lone surrogate from a JSON escape such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} holds a lone surrogate escape, which is not text") from None
 
 
 def _fill_item(item: BatchItem, obj: dict) -> None:
@@ -157,16 +148,20 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
     if prompt is not None:
         if not isinstance(prompt, str):
             raise ValueError("'prompt' must be a string")
+        _check_unicode(prompt, "'prompt'")
         item.prompt = prompt
     else:
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in messages):
             raise ValueError("'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects")
+        for m in messages:
+            _check_unicode(m["role"] + m["content"], "'messages'")
         item.messages = messages
     if obj.get("system") is not None:
         if not isinstance(obj["system"], str):
             raise ValueError("'system' must be a string")
+        _check_unicode(obj["system"], "'system'")
         item.system = obj["system"]
     if obj.get("raw") is not None:
         if not isinstance(obj["raw"], bool):
@@ -180,7 +175,11 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
             setattr(item, key, value)
     if obj.get("temperature") is not None:
         t = obj["temperature"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        try:
+            finite = math.isfinite(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else False
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite or t < 0:
             raise ValueError("'temperature' must be a number >= 0")
         item.temperature = float(t)
     stop = obj.get("stop")
@@ -189,6 +188,7 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise ValueError("'stop' must be a string or a list of strings")
+        _check_unicode("".join(stop), "'stop'")
         item.stop = tuple(stop)
     if item.raw and item.messages is not None:
         raise ValueError("'raw' cannot be used with 'messages' (they need the chat template)")

@@ -125,7 +125,10 @@ def test_jsonl_kinds_overrides_and_a_malformed_line(tmp_path):
 
 
 @pytest.mark.parametrize("line, problem", [
-    ('[1, 2]', "not a JSON object"),
+    ('[1, 2]', "expected a JSON object, found an array"),
+    ('{"id": [1], "prompt": "a"}', "'id' must be a string or an integer"),
+    ('{"prompt": "\\ud800"}', "'prompt' holds a lone surrogate"),
+    ('{"prompt": "a", "temperature": 1' + "0" * 400 + '}', "'temperature' must be"),
     ('{"id": 1}', "exactly one of"),
     ('{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "exactly one of"),
     ('{"prompt": 5}', "'prompt' must be a string"),
@@ -164,11 +167,11 @@ def test_format_sniffing_and_duplicate_ids(tmp_path):
 def test_invalid_utf8_is_one_line_s_error(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "\xff"}\n')
-    assert "not UTF-8" in read_items(path)[1].error
+    assert read_items(path)[1].error == "line 2: not valid UTF-8 (byte 0xff at column 13)"
 
 
 def test_missing_input_is_a_clean_error(tmp_path):
-    with pytest.raises(InputFormatError, match="cannot read"):
+    with pytest.raises(InputFormatError, match="no such file"):
         read_items(tmp_path / "nope.jsonl")
 
 
@@ -577,7 +580,7 @@ def test_every_line_failing_is_exit_1_with_the_counts(model_arg, tmp_path):
     result = CliRunner().invoke(cli, ["batch", str(noise), "-o", str(out), *model_arg, *GREEDY])
     assert result.exit_code == 1, result.output
     assert "0 succeeded, 5 failed, 0 skipped" in result.stderr
-    assert "Error: all 5 line(s) run failed, none succeeded; the first, line 1 (id 1): line 1 is not UTF-8" \
+    assert "Error: all 5 line(s) run failed, none succeeded; the first, line 1 (id 1): line 1: not valid UTF-8" \
         in result.stderr
     assert "hint: batch input is JSON Lines" in result.stderr and "with a new output file" in result.stderr
     assert [r["finish_reason"] for r in read_output(out)] == ["error"] * 5
