@@ -156,10 +156,13 @@ class ContextOverflowError(LlmlocalError, ValueError):
 class InputFormatError(LlmlocalError, ValueError):
     """Malformed user input file (CSV/JSONL/...), with the line that is wrong."""
 
-    def __init__(self, path: str, problem: str, *, line: int | None = None) -> None:
+    def __init__(self, path: str, problem: str, *, line: int | None = None, hint: str | None = None) -> None:
         self.path, self.problem, self.line = path, problem, line
         where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {problem}")
+        if hint is None:
+            hint = (f"fix line {line} of {path} (or the options that read it), then try again" if line is not None
+                    else "check the file (its path and contents) and the options that read it, then try again")
+        super().__init__(f"{where}: {problem}", hint=hint)
 
 
 class OutputNotWritableError(LlmlocalError, PermissionError):
