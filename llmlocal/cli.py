@@ -580,7 +580,8 @@ def input_options(f):
     """How to read CSV/TSV/JSONL/plain-line input: columns, header, format."""
     opts = [
         click.option("--input-format", type=click.Choice(["csv", "tsv", "jsonl", "lines"]),
-                     help="Input format [default: by extension; stdin: JSONL if it starts with '{', else lines]."),
+                     help="Input format [default: by extension; stdin or another extension: JSONL if it starts "
+                     "with '{', else lines]."),
         click.option("--no-header", is_flag=True, help="CSV/TSV without a header row: columns are named 1, 2, ..."),
         click.option("--id-column", help="Column with the item id [default: id, else the line number]."),
         click.option("--text-column", help="Column with the text [default: text, else the first column]."),
