@@ -688,17 +688,31 @@ def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None
 
 
 
+def embed_manifest(items: Sequence[Item], vectors: np.ndarray, *, model_name: str, model_sha256: str | None,
+                   input_path: str | None, normalized: bool, pooling: str) -> dict:
+    """Provenance of ``llmlocal embed``: the model (vectors of two models are not comparable) and
+    the item ids, which a ``.npy`` matrix cannot hold (row i is ``ids[i]``)."""
+    from . import __version__
+    from .runtime import llama_cpp_version
+
+    path = None if input_path in (None, "-") else input_path
+    return {"llmlocal_version": __version__, "llama_cpp_python_version": llama_cpp_version(),
+            "model": {"name": model_name, "sha256": model_sha256},
+            "input": {"path": path, "sha256": sha256_text_source(path), "items": len(items)},
+            "pooling": pooling, "normalised": normalized, "dimensions": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+            "ids": [i.id for i in items]}
+
+
 def write_embeddings(items: Sequence[Item], vectors: np.ndarray, *, output: str | None,
-                     stdout: IO[str] | None = None) -> None:
-    """``.npy``: a float32 matrix, one row per item in input order; else JSONL ``{"id", "embedding"}``."""
+                     stdout: IO[str] | None = None, meta: dict | None = None) -> None:
+    """``.npy``: a float32 matrix, one row per item in input order; else JSONL ``{"id", "embedding"}``.
+
+    With ``output`` and ``meta``, ``<output>.meta.json`` is written beside it, with the output's
+    SHA-256; the two are published together, as classify's predictions and manifest are.
+    """
     import json
 
-    from .atomic import atomic_writer
-
-    if output is not None and output.endswith(".npy"):
-        with atomic_writer(output, "wb") as fh:
-            np.save(fh, vectors.astype(np.float32))
-        return
+    from .atomic import replace_together, write_failure
 
     def lines(fh: IO[str]) -> None:
         for item, vec in zip(items, vectors):
@@ -706,6 +720,18 @@ def write_embeddings(items: Sequence[Item], vectors: np.ndarray, *, output: str 
 
     if output is None or output == "-":
         lines(stdout or sys.stdout)
-    else:
-        with atomic_writer(output) as fh:
-            lines(fh)
+        return
+    npy = output.endswith(".npy")
+    try:
+        with replace_together() as files:
+            with files.open(output, "wb" if npy else "w") as fh:
+                if npy:
+                    np.save(fh, vectors.astype(np.float32))
+                else:
+                    lines(fh)
+            if meta is not None:
+                meta = {**meta, "output": {"path": str(output), "format": "npy" if npy else "jsonl",
+                                           "sha256": files.sha256[Path(output)]}}
+                files.write_text(f"{output}.meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise write_failure(output, exc, next_step=f"run it again: {output} is as it was") from None

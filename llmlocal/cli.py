@@ -796,7 +796,8 @@ def eval_cmd(labelled: str, **kw) -> None:
 @cli.command("embed")
 @click.argument("input", required=False, metavar="[INPUT]")
 @click.option("--output", "-o", metavar="FILE", help="out.jsonl ({id, embedding} per line) or out.npy "
-              "(float32 matrix, rows in input order) [default: JSONL on stdout].")
+              "(float32 matrix, rows in input order), with FILE.meta.json (model, ids, SHA-256) "
+              "[default: JSONL on stdout].")
 @click.option("--no-normalize", is_flag=True, help="Keep the raw pooled vectors (default: L2-normalised).")
 @model_options
 @input_options
@@ -823,7 +824,10 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
                                        source=input if input not in (None, "-") else "<stdin>")
     finally:
         loaded.close()
-    classify.write_embeddings(items, vectors, output=output)
+    meta = classify.embed_manifest(items, vectors, model_name=loaded.name, model_sha256=loaded.sha256,
+                                   input_path=input, normalized=not no_normalize,
+                                   pooling=loaded.model.options.pooling)
+    classify.write_embeddings(items, vectors, output=output, meta=meta)
     click.echo(f"{len(items)} embedding(s) of {vectors.shape[1]} dimensions with {loaded.name}"
                + (f" written to {output}" if output else ""), err=True)
 

@@ -522,3 +522,17 @@ def test_a_text_too_long_to_embed_is_named_and_the_hint_is_true(installed, files
         assert f'Error: item "b" (line 3 of {long_csv}) is 70' in result.stderr, result.stderr
         assert "an embedding takes at most 512" in result.stderr
         assert "hint: shorten the text or split it into parts" in result.stderr and "--ctx" not in result.stderr
+
+
+def test_embed_writes_ids_model_and_hash_beside_the_vectors(installed, files):
+    """A .npy matrix cannot hold ids or say which model made it: FILE.meta.json does, with its hash."""
+    import hashlib
+
+    npy = files["dir"] / "vectors.npy"
+    result = run("embed", str(files["items_csv"]), "-o", str(npy))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((files["dir"] / "vectors.npy.meta.json").read_text())
+    assert meta["ids"] == [r["id"] for r in sample_rows()[24:30]]
+    assert meta["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert meta["dimensions"] == 576 and meta["normalised"] is True
+    assert meta["output"]["sha256"] == hashlib.sha256(npy.read_bytes()).hexdigest()
