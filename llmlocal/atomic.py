@@ -8,11 +8,11 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import DiskSpaceError, OutputNotWritableError, OutputWriteError
+from .errors import DiskSpaceError, OutputNotWritableError, OutputWriteError, UsageError
 
 CHUNK = 1 << 20  # hash and copy in 1 MiB steps: never read a model into memory
 
@@ -85,6 +85,24 @@ def check_writable(output: str | os.PathLike[str]) -> None:
                 pass
     except OSError as exc:
         raise OutputNotWritableError(str(path), exc.strerror or str(exc)) from None
+
+
+def check_not_an_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Refuse an output that is one of the inputs (the same file, by any name): writing it would
+    replace the data being read. ``None`` and ``-`` (stdin) are skipped.
+
+    Raises:
+        UsageError
+    """
+    if not os.path.exists(output):
+        return
+    for source in inputs:
+        if source is None or str(source) == "-":
+            continue
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, output):
+                raise UsageError(f"the output {output} is also an input ({source}); writing it would replace it",
+                                 hint="choose another output file (-o)")
 
 
 def write_failure(path: str | os.PathLike[str], exc: OSError, *, next_step: str) -> DiskSpaceError | OutputWriteError:

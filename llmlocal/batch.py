@@ -715,6 +715,7 @@ def plan_job(input: str, output: str, *, model: str | None = None, sha256: str |
     if ctx is not None and ctx < 16:
         raise UsageError(f"--ctx {ctx} is too small")
     atomic.check_writable(output)
+    atomic.check_not_an_input(output, [input])
     state = inspect_output(output)
     resuming = bool(state.lines)
     old = state.meta or {}

@@ -608,12 +608,14 @@ def manifest(job: Job, result: Run, *, model_name: str, model_sha256: str | None
     return out
 
 
-def check_output(path: str | None) -> None:
-    """Refuse, before any work, an output file that could not be written (stdout is always fine)."""
+def check_output(path: str | None, *, inputs: Sequence[str | None] = ()) -> None:
+    """Refuse, before any work, an output file that could not be written or that is one of
+    ``inputs`` (stdout is always fine)."""
     if path is not None and path != "-":
-        from .atomic import check_writable
+        from .atomic import check_not_an_input, check_writable
 
         check_writable(path)
+        check_not_an_input(path, inputs)
 
 
 def write_outputs(job: Job, result: Run, meta: dict, *, output: str | None, fmt: str,

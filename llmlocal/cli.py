@@ -661,7 +661,7 @@ def _classify(input_path: str | None, *, evaluate: str | None, kw: dict) -> None
     json_header = kw.pop("json_header")
     if json_header and fmt != "jsonl":
         raise UsageError("--json-header needs JSONL output; with CSV the manifest is in <output>.meta.json")
-    classify.check_output(output)
+    classify.check_output(output, inputs=[input_path, evaluate, kw["examples_path"], kw["template_path"]])
     job = classify.prepare(
         evaluate if evaluate is not None else input_path, labels=labels, examples_path=kw.pop("examples_path"),
         template_path=kw.pop("template_path"), settings=settings, evaluate=evaluate is not None,
@@ -813,7 +813,7 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
 
     if output is not None and not output.endswith((".jsonl", ".npy", ".ndjson")):
         raise UsageError(f"cannot tell the output format of '{output}'", hint="name it .jsonl or .npy")
-    classify.check_output(output)
+    classify.check_output(output, inputs=[input])
     if input in (None, "-") and sys.stdin.isatty():
         raise UsageError("give an INPUT file, or pipe texts on stdin")
     items, _ = classify.read_items(input, format=kw.pop("input_format"), header=not kw.pop("no_header"),

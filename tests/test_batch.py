@@ -586,3 +586,11 @@ def test_every_line_failing_is_exit_1_with_the_counts(model_arg, tmp_path):
     assert [r["finish_reason"] for r in read_output(out)] == ["error"] * 5
     again = CliRunner().invoke(cli, ["batch", str(noise), "-o", str(out), *model_arg, *GREEDY])
     assert again.exit_code == 0 and "nothing to do" in again.stderr  # the skipped ids are the hint's truth
+
+
+def test_an_output_that_is_the_input_is_refused(tmp_path):
+    job = tmp_path / "in.jsonl"
+    job.write_text('{"prompt": "Hi"}\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["batch", str(job), "-o", str(job)])
+    assert result.exit_code == 2 and "is also an input" in result.stderr, result.output
+    assert job.read_text(encoding="utf-8") == '{"prompt": "Hi"}\n'

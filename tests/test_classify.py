@@ -536,3 +536,16 @@ def test_embed_writes_ids_model_and_hash_beside_the_vectors(installed, files):
     assert meta["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert meta["dimensions"] == 576 and meta["normalised"] is True
     assert meta["output"]["sha256"] == hashlib.sha256(npy.read_bytes()).hexdigest()
+
+
+def test_an_output_that_is_an_input_is_refused(files):
+    """`-o` naming the input (or the examples) would replace the user's data with predictions."""
+    items, examples, texts = files["items_csv"], files["examples"], files["items_jsonl"]
+    before = [f.read_bytes() for f in (items, examples, texts)]
+    for args in (["classify", "-l", "spam,ham", str(items), "-o", str(items)],
+                 ["classify", "-e", str(examples), str(items), "-o", str(examples), "--format", "csv"],
+                 ["embed", str(texts), "-o", str(texts.parent / ".." / texts.parent.name / texts.name)]):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert "is also an input" in result.stderr and "hint: choose another output file" in result.stderr
+    assert [f.read_bytes() for f in (items, examples, texts)] == before
