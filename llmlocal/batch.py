@@ -599,17 +599,27 @@ def complete_all(model: Model, prompts: Sequence[str | list[dict]], *, params: S
     """
     params.validate()
     token_lists = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            tokens, _ = fit_prompt(model, prompt, raw=raw, system=system, template=None,
-                                   max_tokens=params.max_tokens, truncate=False)
-        else:
-            messages = list(prompt)
-            if system is not None and not any(m.get("role") == "system" for m in messages):
-                messages = [{"role": "system", "content": system}, *messages]
-            tokens = tokenize_prompt(model, model.render_chat(messages), raw=False)
-            if len(tokens) >= model.n_ctx:
-                raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
+    for i, prompt in enumerate(prompts):
+        try:
+            if isinstance(prompt, str):
+                tokens, _ = fit_prompt(model, prompt, raw=raw, system=system, template=None,
+                                       max_tokens=params.max_tokens, truncate=False)
+            else:
+                if not isinstance(prompt, list) or not prompt or not all(
+                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in prompt):
+                    raise UsageError("a prompt is a string or a non-empty list of {'role': ..., 'content': ...} dicts")
+                messages = list(prompt)
+                if system is not None and not any(m["role"] == "system" for m in messages):
+                    messages = [{"role": "system", "content": system}, *messages]
+                tokens = tokenize_prompt(model, model.render_chat(messages), raw=False)
+                if len(tokens) >= model.n_ctx:
+                    raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
+        except (UsageError, ContextOverflowError) as exc:
+            exc.args = (f"prompts[{i}]: {exc}",)
+            if isinstance(exc, ContextOverflowError):  # batch() has no truncate option, and no --ctx
+                exc.hint = "shorten that prompt, or load the model with a larger context (llmlocal.load(..., ctx=N))"
+            raise
         token_lists.append(tokens)
     return _decode_in_order(model, token_lists, params, parallel)
 

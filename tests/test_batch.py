@@ -594,3 +594,18 @@ def test_an_output_that_is_the_input_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["batch", str(job), "-o", str(job)])
     assert result.exit_code == 2 and "is also an input" in result.stderr, result.output
     assert job.read_text(encoding="utf-8") == '{"prompt": "Hi"}\n'
+
+
+def test_api_batch_names_the_prompt_and_its_hint_fits_the_api(smollm2):
+    """Python API users know list positions, not lines; they have no --ctx or --truncate to pass."""
+    import llmlocal
+    from llmlocal.errors import ContextOverflowError, UsageError
+
+    with llmlocal.load(str(smollm2), ctx=256) as m:
+        with pytest.raises(ContextOverflowError) as err:
+            m.batch(["ok", "word " * 400])
+        assert str(err.value).startswith("prompts[1]: prompt is ") and "--" not in err.value.hint
+        with pytest.raises(UsageError, match=r"^prompts\[1\]: a prompt is a string or a non-empty list"):
+            m.batch(["ok", [{"role": "user"}]])
+        with pytest.raises(UsageError, match=r"^prompts\[0\]"):
+            m.batch([["not a dict"]])
