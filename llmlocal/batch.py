@@ -82,7 +82,7 @@ def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[
     """Parse a batch input file (``-`` for stdin); per-line problems land in ``item.error``.
 
     Read through :func:`llmlocal.tabular.read_lines`, by the rules classify's readers follow:
-    ``format`` is ``jsonl``, ``text`` (tabular's ``lines``) or ``auto`` (by extension:
+    ``format`` is ``jsonl``, ``text`` (or ``lines``, tabular's name) or ``auto`` (by extension:
     .jsonl/.ndjson/.json are JSONL, .txt is text; otherwise JSONL if the first non-blank line
     starts with ``{``). A line that is not UTF-8 or not a JSON object is that line's error.
 
@@ -90,9 +90,9 @@ def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[
         InputFormatError: the file cannot be read at all.
         UsageError: an unknown ``format``, or an input that is CSV or TSV by its extension.
     """
-    formats = {"auto": None, "jsonl": "jsonl", "text": "lines"}
+    formats = {"auto": None, "jsonl": "jsonl", "text": "lines", "lines": "lines"}
     if format not in formats:
-        raise UsageError(f"unknown input format '{format}' (expected jsonl, text or auto)")
+        raise UsageError(f"unknown input format '{format}' (expected jsonl, text (or lines) or auto)")
     try:
         table, records = tabular.read_lines(str(source), format=formats[format])
     except InputFormatError as exc:

@@ -498,8 +498,9 @@ def _no_ray_options(workers: int, model_dir: str | None) -> None:
               "so memory grows with both.")
 @click.option("--ordered/--unordered", default=True, show_default=True,
               help="Write results in input order, or as each finishes.")
-@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
-              show_default=True, help="Input format (auto: by extension, else JSONL if it starts with '{').")
+@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text", "lines"]), default="auto",
+              show_default=True, help="Input format; text and lines are the same (auto: by extension, else "
+              "JSONL if it starts with '{').")
 @click.option("--force", is_flag=True, help="Add to an OUTPUT made with another model or other options.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
 @ray_options
