@@ -93,13 +93,11 @@ def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[
     formats = {"auto": None, "jsonl": "jsonl", "text": "lines", "lines": "lines"}
     if format not in formats:
         raise UsageError(f"unknown input format '{format}' (expected jsonl, text (or lines) or auto)")
-    try:
-        table, records = tabular.read_lines(str(source), format=formats[format])
-    except InputFormatError as exc:
-        if exc.problem.startswith("is CSV") or exc.problem.startswith("is TSV"):
-            raise UsageError(f"{exc.path} {exc.problem.split(';')[0]}; batch reads JSONL or plain text",
-                             hint="pass --format text to take each line as a prompt") from None
-        raise
+    chosen = tabular.format_for(str(source), formats[format])
+    if chosen not in (None, "jsonl", "lines"):
+        raise UsageError(f"{source} is {chosen.upper()} by its extension; batch reads JSONL or plain text",
+                         hint="pass --format text to take each line as a prompt")
+    table, records = tabular.read_lines(str(source), format=chosen)
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
     for record in records:

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from llmlocal import batch
 from llmlocal.batch import BatchItem, inspect_output, read_items
 from llmlocal.cli import cli
-from llmlocal.errors import ForeignOutputError, InputFormatError, ModelClosedError
+from llmlocal.errors import ForeignOutputError, InputFormatError, ModelClosedError, UsageError
 from tests.models import SMOLLM2_SHA256
 
 SYSTEM = "Answer in one short sentence."
@@ -609,3 +609,12 @@ def test_api_batch_names_the_prompt_and_its_hint_fits_the_api(smollm2):
             m.batch(["ok", [{"role": "user"}]])
         with pytest.raises(UsageError, match=r"^prompts\[0\]"):
             m.batch([["not a dict"]])
+
+
+def test_a_csv_input_is_refused_with_a_way_to_read_it(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text("id,prompt\n1,Hi\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="is CSV by its extension") as err:
+        read_items(path)
+    assert "--format text" in err.value.hint
+    assert [i.prompt for i in read_items(path, format="text")] == ["id,prompt", "1,Hi"]
