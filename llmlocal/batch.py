@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -31,6 +32,8 @@ from .errors import (BatchFailedError, ContextOverflowError, ForeignOutputError,
                      ResumeMismatchError, UsageError)
 from .generate import Completion, build_prompt, fit_prompt, tokenize_prompt
 from .runtime import Model, SamplingParams
+
+_log = logging.getLogger(__name__)
 
 FORMAT = "llmlocal-batch/1"
 DEFAULT_PARALLEL = 8  # benchmarks/batch_bench.py on a 2-core machine: see the README
@@ -698,8 +701,9 @@ class JobPlan:
                 os.truncate(self.output, self.state.keep_bytes)
             except OSError as exc:
                 raise atomic.write_failure(self.output, exc, next_step=_RESUME_STEP) from None
-            print(f"note: cut off an incomplete last line ({self.state.torn_bytes} bytes) left by an interrupted "
-                  "run; it will be redone", file=sys.stderr)
+            # Logged, not printed: without logging configured (the CLI) Python shows it on stderr.
+            _log.warning("note: cut off an incomplete last line (%d bytes) left by an interrupted run; it will be "
+                         "redone", self.state.torn_bytes)
 
 
 def plan_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,

@@ -621,8 +621,6 @@ def check_output(path: str | None, *, inputs: Sequence[str | None] = ()) -> None
 def write_outputs(job: Job, result: Run, meta: dict, *, output: str | None, fmt: str,
                   json_header: bool = False, stdout: IO[str] | None = None) -> None:
     """Predictions to ``output`` (atomically, with ``<output>.meta.json``) or to ``stdout``."""
-    import json
-
     from .atomic import replace_together, write_failure
 
     header = meta if json_header else None
@@ -668,8 +666,6 @@ def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None
     ``header``: a manifest written as the first JSONL line, ``{"manifest": {...}}``.
     """
     import csv
-    import json
-
     if fmt == "jsonl":
         if header is not None:
             fh.write(json.dumps({"manifest": header}, ensure_ascii=False) + "\n")
@@ -712,8 +708,6 @@ def write_embeddings(items: Sequence[Item], vectors: np.ndarray, *, output: str 
     With ``output`` and ``meta``, ``<output>.meta.json`` is written beside it, with the output's
     SHA-256; the two are published together, as classify's predictions and manifest are.
     """
-    import json
-
     from .atomic import replace_together, write_failure
 
     def lines(fh: IO[str]) -> None:
