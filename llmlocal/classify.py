@@ -666,6 +666,7 @@ def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None
     ``header``: a manifest written as the first JSONL line, ``{"manifest": {...}}``.
     """
     import csv
+
     if fmt == "jsonl":
         if header is not None:
             fh.write(json.dumps({"manifest": header}, ensure_ascii=False) + "\n")
