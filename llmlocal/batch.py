@@ -558,6 +558,9 @@ def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tupl
         bar.update(summary, force=True)
         bar.close()
         raise BatchInterrupted(summary) from None
+    except BaseException:
+        bar.close()  # end the status line, so the error that follows starts a line of its own
+        raise
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - started
