@@ -28,8 +28,8 @@ from typing import IO, Any
 
 from . import __version__, atomic, catalog, gguf, loader, runtime, store, tabular
 from .engine import Engine, Request
-from .errors import (BatchFailedError, ContextOverflowError, ForeignOutputError, InputFormatError, LlmlocalError,
-                     ResumeMismatchError, UsageError)
+from .errors import (BatchFailedError, ContextOverflowError, ForeignOutputError, LlmlocalError, ResumeMismatchError,
+                     UsageError)
 from .generate import Completion, build_prompt, fit_prompt, tokenize_prompt
 from .runtime import Model, SamplingParams
 
