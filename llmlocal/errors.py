@@ -224,7 +224,7 @@ class BatchFailedError(LlmlocalError, RuntimeError):
         where = ""
         if first is not None:
             where = f"; the first, line {first.get('line')} (id {_short_json(first.get('id'))}): {first.get('error')}"
-        super().__init__(f"all {total} line(s) run failed, none succeeded{where}", hint=hint)
+        super().__init__(f"none of the {total} line(s) that ran succeeded{where}", hint=hint)
 
 
 def _short_json(value: object) -> str:

@@ -580,7 +580,7 @@ def test_every_line_failing_is_exit_1_with_the_counts(model_arg, tmp_path):
     result = CliRunner().invoke(cli, ["batch", str(noise), "-o", str(out), *model_arg, *GREEDY])
     assert result.exit_code == 1, result.output
     assert "0 succeeded, 5 failed, 0 skipped" in result.stderr
-    assert "Error: all 5 line(s) run failed, none succeeded; the first, line 1 (id 1): line 1: not valid UTF-8" \
+    assert "Error: none of the 5 line(s) that ran succeeded; the first, line 1 (id 1): line 1: not valid UTF-8" \
         in result.stderr
     assert "hint: batch input is JSON Lines" in result.stderr and "with a new output file" in result.stderr
     assert [r["finish_reason"] for r in read_output(out)] == ["error"] * 5
