@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputNotWritableError
+from .errors import DiskSpaceError, OutputNotWritableError, OutputWriteError, UsageError
 
 CHUNK = 1 << 20  # hash and copy in 1 MiB steps: never read a model into memory
 
@@ -73,6 +75,10 @@ def check_writable(output: str | os.PathLike[str]) -> None:
         raise OutputNotWritableError(str(path), f"directory {parent} does not exist")
     if path.is_dir():
         raise OutputNotWritableError(str(path), "it is a directory")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        # Publishing renames a temporary file onto the path: that would replace a device node
+        # (as root, /dev/null itself) or a pipe with a regular file.
+        raise OutputNotWritableError(str(path), "it is not a regular file (a device or a pipe)")
     try:  # the sidecar is written beside it through a temporary file
         fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
         os.close(fd)
@@ -82,3 +88,89 @@ def check_writable(output: str | os.PathLike[str]) -> None:
                 pass
     except OSError as exc:
         raise OutputNotWritableError(str(path), exc.strerror or str(exc)) from None
+
+
+def check_not_an_input(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Refuse an output that is one of the inputs (the same file, by any name): writing it would
+    replace the data being read. ``None`` and ``-`` (stdin) are skipped.
+
+    Raises:
+        UsageError
+    """
+    if not os.path.exists(output):
+        return
+    for source in inputs:
+        if source is None or str(source) == "-":
+            continue
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, output):
+                raise UsageError(f"the output {output} is also an input ({source}); writing it would replace it",
+                                 hint="choose another output file (-o)")
+
+
+def write_failure(path: str | os.PathLike[str], exc: OSError, *, next_step: str) -> DiskSpaceError | OutputWriteError:
+    """The typed error for a failed write to ``path``: DiskSpaceError for a full disk or quota.
+
+    ``next_step`` is the hint: what was kept and how to go on, which only the caller knows.
+    """
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        err = DiskSpaceError(f"cannot write {path}: {reason}", hint=f"free some disk space, then {next_step}")
+        err.path, err.errno = str(path), exc.errno
+        return err
+    if exc.errno == errno.EFBIG:
+        next_step = f"raise the file size limit (`ulimit -f`), then {next_step}"
+    return OutputWriteError(str(path), reason, hint=next_step, errno=exc.errno)
+
+
+class FileSet:
+    """Files replaced together: each is written beside its target and fsynced, and none is renamed
+    into place until all of them are written, so a disk that fills part-way changes nothing.
+
+    The renames themselves are separate steps; a crash between two of them can still leave a
+    new file beside an old one, which is why manifests record the SHA-256 of what they describe.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, Path]] = []
+        self.sha256: dict[Path, str] = {}  # of each staged file, by target
+
+    @contextlib.contextmanager
+    def open(self, path: str | os.PathLike[str], mode: str = "w", *, encoding: str | None = "utf-8") -> Iterator[IO]:
+        target = Path(path)
+        binary = "b" in mode
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        self._staged.append((tmp, target))
+        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary user files
+        self.sha256[target] = sha256_file(tmp)
+
+    def write_text(self, path: str | os.PathLike[str], text: str) -> None:
+        with self.open(path) as fh:
+            fh.write(text)
+
+    def commit(self) -> None:
+        for tmp, target in self._staged:
+            os.replace(tmp, target)
+        self._staged = []
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._staged = []
+
+
+@contextlib.contextmanager
+def replace_together() -> Iterator[FileSet]:
+    """A :class:`FileSet` whose files are all published on clean exit, and none on an exception."""
+    files = FileSet()
+    try:
+        yield files
+        files.commit()
+    except BaseException:
+        files.discard()
+        raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -25,18 +26,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, atomic, catalog, gguf, loader, runtime, store
+from . import __version__, atomic, catalog, gguf, loader, runtime, store, tabular
 from .engine import Engine, Request
-from .errors import (ContextOverflowError, InputFormatError, LlmlocalError, ResumeMismatchError,
+from .errors import (BatchFailedError, ContextOverflowError, ForeignOutputError, LlmlocalError, ResumeMismatchError,
                      UsageError)
 from .generate import Completion, build_prompt, fit_prompt, tokenize_prompt
 from .runtime import Model, SamplingParams
+
+_log = logging.getLogger(__name__)
 
 FORMAT = "llmlocal-batch/1"
 DEFAULT_PARALLEL = 8  # benchmarks/batch_bench.py on a 2-core machine: see the README
 MAX_PARALLEL = 64
 _FSYNC_SECONDS = 2.0  # a crash loses at most this much finished work to the page cache
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # The job-level settings a resume must share with the run that wrote the output.
 _COMPARED = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed",
              "max_tokens", "stop", "system", "raw", "ctx")
@@ -82,47 +84,34 @@ def _id_key(value: Any) -> str:
 def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[BatchItem]:
     """Parse a batch input file (``-`` for stdin); per-line problems land in ``item.error``.
 
-    ``format``: ``jsonl``, ``text`` or ``auto`` (by extension: .jsonl/.ndjson/.json are JSONL,
-    .txt is text; otherwise JSONL if the first non-blank line starts with ``{``).
+    Read through :func:`llmlocal.tabular.read_lines`, by the rules classify's readers follow:
+    ``format`` is ``jsonl``, ``text`` (or ``lines``, tabular's name) or ``auto`` (by extension:
+    .jsonl/.ndjson/.json are JSONL, .txt is text; otherwise JSONL if the first non-blank line
+    starts with ``{``). A line that is not UTF-8 or not a JSON object is that line's error.
 
     Raises:
         InputFormatError: the file cannot be read at all.
+        UsageError: an unknown ``format``, or an input that is CSV or TSV by its extension.
     """
-    name = "<stdin>" if str(source) == "-" else str(source)
-    try:
-        if str(source) == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            data = Path(source).read_bytes()
-    except OSError as exc:
-        raise InputFormatError(name, f"cannot read it: {exc.strerror or exc}") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if format == "auto":
-        suffix = Path(name).suffix.lower()
-        if suffix in _JSONL_SUFFIXES:
-            format = "jsonl"
-        elif suffix == ".txt":
-            format = "text"
-        else:
-            first = next((raw.strip() for raw in lines if raw.strip()), b"")
-            format = "jsonl" if first.startswith(b"{") else "text"
-    if format not in ("jsonl", "text"):
-        raise UsageError(f"unknown input format '{format}' (expected jsonl, text or auto)")
-
+    formats = {"auto": None, "jsonl": "jsonl", "text": "lines", "lines": "lines"}
+    if format not in formats:
+        raise UsageError(f"unknown input format '{format}' (expected jsonl, text (or lines) or auto)")
+    chosen = tabular.format_for(str(source), formats[format])
+    if chosen not in (None, "jsonl", "lines"):
+        raise UsageError(f"{source} is {chosen.upper()} by its extension; batch reads JSONL or plain text",
+                         hint="pass --format text to take each line as a prompt")
+    table, records = tabular.read_lines(str(source), format=chosen)
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(lines, start=1):
-        raw = raw.rstrip(b"\r")
-        if not raw.strip():
+    for record in records:
+        number = record.line
+        if isinstance(record, tabular.BadLine):
+            items.append(BatchItem(line=number, id=number, error=f"line {number}: {record.problem}"))
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            items.append(BatchItem(line=number, id=number, error=f"line {number} is not UTF-8 ({exc.reason})"))
-            continue
-        item = _parse_jsonl(number, text) if format == "jsonl" else BatchItem(line=number, id=number, prompt=text)
+        if table.format == "jsonl":
+            item = _item_from_object(number, record.values)
+        else:
+            item = BatchItem(line=number, id=number, prompt=record.values["text"])
         first = seen.setdefault(item.key, number)
         if first != number and item.error is None:
             item.error = f"duplicate id {item.key} (first used on line {first})"
@@ -130,23 +119,26 @@ def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[
     return items
 
 
-def _parse_jsonl(number: int, text: str) -> BatchItem:
+def _item_from_object(number: int, obj: dict) -> BatchItem:
     item = BatchItem(line=number, id=number)
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        item.error = f"line {number} is not valid JSON: {exc.msg} (column {exc.colno})"
-        return item
-    if not isinstance(obj, dict):
-        item.error = f"line {number} is not a JSON object"
-        return item
-    if obj.get("id") is not None:
-        item.id = obj["id"]
-    try:
+        ident = obj.get("id")
+        if ident is not None:
+            if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+                raise ValueError("'id' must be a string or an integer")
+            item.id = ident
         _fill_item(item, obj)
     except ValueError as exc:
         item.error = f"line {number}: {exc}"
     return item
+
+
+def _check_unicode(text: str, field: str) -> None:
+    """Refuse text that cannot be encoded (a lone surrogate from a JSON escape such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{field} holds a lone surrogate escape, which is not text") from None
 
 
 def _fill_item(item: BatchItem, obj: dict) -> None:
@@ -157,16 +149,20 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
     if prompt is not None:
         if not isinstance(prompt, str):
             raise ValueError("'prompt' must be a string")
+        _check_unicode(prompt, "'prompt'")
         item.prompt = prompt
     else:
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in messages):
             raise ValueError("'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} objects")
+        for m in messages:
+            _check_unicode(m["role"] + m["content"], "'messages'")
         item.messages = messages
     if obj.get("system") is not None:
         if not isinstance(obj["system"], str):
             raise ValueError("'system' must be a string")
+        _check_unicode(obj["system"], "'system'")
         item.system = obj["system"]
     if obj.get("raw") is not None:
         if not isinstance(obj["raw"], bool):
@@ -180,7 +176,11 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
             setattr(item, key, value)
     if obj.get("temperature") is not None:
         t = obj["temperature"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        try:
+            finite = math.isfinite(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else False
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite or t < 0:
             raise ValueError("'temperature' must be a number >= 0")
         item.temperature = float(t)
     stop = obj.get("stop")
@@ -189,6 +189,7 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise ValueError("'stop' must be a string or a list of strings")
+        _check_unicode("".join(stop), "'stop'")
         item.stop = tuple(stop)
     if item.raw and item.messages is not None:
         raise ValueError("'raw' cannot be used with 'messages' (they need the chat template)")
@@ -231,39 +232,61 @@ class OutputState:
 def inspect_output(output: str | os.PathLike[str]) -> OutputState:
     """Read an output file (without changing it) for resuming.
 
+    Only a file this job format wrote is ever added to or cut: its sidecar names the format and
+    every line is a result record. The one exception is the tail a crash leaves, which is cut
+    and redone: bytes after the last newline (each line is written with one write, newline
+    included) or a last line of NUL bytes (a filesystem's zero fill after a power cut).
+
     Raises:
-        InputFormatError: a line before the last is not a result line (the file is not ours).
+        ForeignOutputError: the sidecar is not a batch sidecar, the file has lines but no
+            sidecar, or a line is not a result record: the file is someone else's (or damaged).
     """
     state = OutputState()
     path = Path(output)
+    sidecar = meta_path(path)
     try:
-        state.meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        pass
+        meta = None
     except (OSError, ValueError) as exc:
-        raise InputFormatError(str(meta_path(path)), f"unreadable ({exc}); remove it to start over") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "is not valid JSON"
+        raise ForeignOutputError(str(sidecar), f"cannot be read as a batch sidecar ({reason})") from None
+    if meta is not None and not (isinstance(meta, dict) and meta.get("format") == FORMAT):
+        raise ForeignOutputError(str(sidecar), f"is not an llmlocal batch sidecar (no \"format\": \"{FORMAT}\")")
+    state.meta = meta
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return state
+    if data and meta is None:
+        raise ForeignOutputError(str(path), f"has content but no {sidecar.name}, so llmlocal batch did not write it")
     end = data.rfind(b"\n") + 1  # a tail without a newline was being written when it stopped
-    body = data[:end]
+    raw_lines = data[:end].split(b"\n")[:-1]
     offset = 0
-    raw_lines = body.split(b"\n")[:-1]
     for i, raw in enumerate(raw_lines):
-        try:
-            rec = json.loads(raw)
-            key = _id_key(rec["id"])
-        except (ValueError, KeyError, TypeError):
-            if i == len(raw_lines) - 1:  # garbage ending in a newline (e.g. zeros after a power cut)
+        key = _record_key(raw)
+        if key is None:
+            if i == len(raw_lines) - 1 and raw.strip(b"\0") == b"":
                 break
-            raise InputFormatError(str(path), "is not an llmlocal batch output (or is damaged)", line=i + 1) from None
+            raise ForeignOutputError(f"{path}:{i + 1}", "is not a batch result line (the file is not a batch "
+                                     "output, or is damaged)")
         state.done.add(key)
         state.lines += 1
         offset += len(raw) + 1
     state.keep_bytes = offset
     state.torn_bytes = len(data) - offset
     return state
+
+
+def _record_key(raw: bytes) -> str | None:
+    """The id key of an output line, or None if it is not a result record."""
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or "id" not in rec or "text" not in rec:
+        return None
+    return _id_key(rec["id"])
 
 
 def _differences(old: dict, settings: JobSettings, sha256: str | None) -> list[str]:
@@ -292,10 +315,15 @@ class BatchSummary:
     completion_tokens: int = 0
     seconds: float = 0.0
     parallel: int = 1
+    first_error: dict | None = None  # the first error record written in this run
 
     @property
     def done(self) -> int:
         return self.skipped + self.completed
+
+    @property
+    def succeeded(self) -> int:
+        return self.completed - self.failed
 
     @property
     def items_per_second(self) -> float:
@@ -431,12 +459,15 @@ def complete_items(model: Model, items: Sequence[BatchItem], settings: JobSettin
                 continue
             yield Request(tokens, params, tag=index)
 
-    for request, result in Engine(model, parallel).run(requests()):
-        while refused:
-            yield refused.popleft()
-        item = items[request.tag]
-        yield request.tag, (_result_record(item, result) if isinstance(result, Completion)
-                            else _error_record(item, result))
+    # closing(): when this generator is closed early (the writer failed, Ctrl-C), the engine's
+    # slots are freed now, while the model is certainly still open.
+    with contextlib.closing(Engine(model, parallel).run(requests())) as results:
+        for request, result in results:
+            while refused:
+                yield refused.popleft()
+            item = items[request.tag]
+            yield request.tag, (_result_record(item, result) if isinstance(result, Completion)
+                                else _error_record(item, result))
     while refused:
         yield refused.popleft()
 
@@ -460,12 +491,34 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
     """Append ``results`` ((index into ``todo``, record) pairs, any order) to ``output`` as they come:
     in input order with ``ordered`` (a record waits for the earlier ones), else at once.
 
+    ``results`` is closed before this returns or raises, so a generator over a model (see
+    :func:`complete_items`) has freed its engine before the caller closes the model.
+
     Raises:
         BatchInterrupted: on Ctrl-C, after every finished line is on disk.
+        DiskSpaceError, OutputWriteError: the output could not be written; the lines before are kept.
     """
+    try:
+        return _write_results(total, todo, results, output, parallel=parallel, ordered=ordered,
+                              progress=progress, progress_file=progress_file)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+_RESUME_STEP = "run the same job again with the same output: the finished lines are kept and it goes on from there"
+
+
+def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple[int, dict]],
+                   output: str | os.PathLike[str], *, parallel: int, ordered: bool, progress: bool,
+                   progress_file: IO[str] | None) -> BatchSummary:
     summary = BatchSummary(output=str(output), total=total, skipped=total - len(todo), parallel=parallel)
     bar = _Progress(total, summary.skipped, enabled=progress and bool(todo), file=progress_file)
-    writer = _Writer(Path(output))
+    try:
+        writer = _Writer(Path(output))
+    except OSError as exc:
+        raise atomic.write_failure(output, exc, next_step=_RESUME_STEP) from None
     waiting: dict[int, dict] = {}  # finished, not yet written (--ordered: waiting for earlier lines)
     next_out = 0
     started = time.perf_counter()
@@ -475,6 +528,8 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
         summary.completed += 1
         if "error" in record:
             summary.failed += 1
+            if summary.first_error is None:
+                summary.first_error = record
         else:
             summary.prompt_tokens += record["usage"]["prompt_tokens"]
             summary.completion_tokens += record["usage"]["completion_tokens"]
@@ -484,7 +539,11 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
             ready.append(next_out)
             next_out += 1
         for i in ready:
-            writer.write(waiting[i])
+            try:
+                writer.write(waiting[i])
+            except OSError as exc:
+                # Part of the line may be on disk: a resume finds it torn and redoes it.
+                raise atomic.write_failure(output, exc, next_step=_RESUME_STEP) from None
             del waiting[i]  # only once it is on disk: an interrupted write is redone on resume
             summary.written += 1
         summary.seconds = time.perf_counter() - started
@@ -499,12 +558,34 @@ def write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tuple
         bar.update(summary, force=True)
         bar.close()
         raise BatchInterrupted(summary) from None
+    except BaseException:
+        bar.close()  # end the status line, so the error that follows starts a line of its own
+        raise
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - started
     bar.update(summary, force=True)
     bar.close()
     return summary
+
+
+def check_succeeded(summary: BatchSummary) -> None:
+    """Refuse to call a run a success when it had lines to do and every one of them failed.
+
+    Raises:
+        BatchFailedError: with the first error; the error records stay in the output.
+    """
+    if not summary.completed or summary.succeeded:
+        return
+    first = summary.first_error or {}
+    if first.get("error_type") == "InputError":
+        what = ("batch input is JSON Lines ({\"prompt\": ...} or {\"messages\": [...]} per line) or plain "
+                "UTF-8 text, one prompt per line; ")
+    else:
+        what = ""
+    raise BatchFailedError(summary, summary.first_error, hint=(
+        f"{what}each line's reason is in the \"error\" field of {summary.output}; ids already there (failed "
+        "ones too) are skipped when resuming, so run the fixed job with a new output file"))
 
 
 def complete_all(model: Model, prompts: Sequence[str | list[dict]], *, params: SamplingParams,
@@ -522,17 +603,27 @@ def complete_all(model: Model, prompts: Sequence[str | list[dict]], *, params: S
     """
     params.validate()
     token_lists = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            tokens, _ = fit_prompt(model, prompt, raw=raw, system=system, template=None,
-                                   max_tokens=params.max_tokens, truncate=False)
-        else:
-            messages = list(prompt)
-            if system is not None and not any(m.get("role") == "system" for m in messages):
-                messages = [{"role": "system", "content": system}, *messages]
-            tokens = tokenize_prompt(model, model.render_chat(messages), raw=False)
-            if len(tokens) >= model.n_ctx:
-                raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
+    for i, prompt in enumerate(prompts):
+        try:
+            if isinstance(prompt, str):
+                tokens, _ = fit_prompt(model, prompt, raw=raw, system=system, template=None,
+                                       max_tokens=params.max_tokens, truncate=False)
+            else:
+                if not isinstance(prompt, list) or not prompt or not all(
+                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in prompt):
+                    raise UsageError("a prompt is a string or a non-empty list of {'role': ..., 'content': ...} dicts")
+                messages = list(prompt)
+                if system is not None and not any(m["role"] == "system" for m in messages):
+                    messages = [{"role": "system", "content": system}, *messages]
+                tokens = tokenize_prompt(model, model.render_chat(messages), raw=False)
+                if len(tokens) >= model.n_ctx:
+                    raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
+        except (UsageError, ContextOverflowError) as exc:
+            exc.args = (f"prompts[{i}]: {exc}",)
+            if isinstance(exc, ContextOverflowError):  # batch() has no truncate option, and no --ctx
+                exc.hint = "shorten that prompt, or load the model with a larger context (llmlocal.load(..., ctx=N))"
+            raise
         token_lists.append(tokens)
     return _decode_in_order(model, token_lists, params, parallel)
 
@@ -550,13 +641,16 @@ def _decode_in_order(model: Model, token_lists: list[list[int]], params: Samplin
     next_out = 0
     with Model(model.path, options) as decoder:
         engine = Engine(decoder, parallel)
-        for request, result in engine.run(Request(t, params, tag=i) for i, t in enumerate(token_lists)):
-            if isinstance(result, BaseException):
-                raise result
-            finished[request.tag] = result
-            while next_out in finished:
-                yield finished.pop(next_out)
-                next_out += 1
+        # closing(): the engine lets go of the decoder's cache before the decoder is freed, even
+        # when the caller stops iterating early.
+        with contextlib.closing(engine.run(Request(t, params, tag=i) for i, t in enumerate(token_lists))) as results:
+            for request, result in results:
+                if isinstance(result, BaseException):
+                    raise result
+                finished[request.tag] = result
+                while next_out in finished:
+                    yield finished.pop(next_out)
+                    next_out += 1
 
 
 @dataclass
@@ -600,11 +694,19 @@ class JobPlan:
                 earlier.append(old)
             if earlier:
                 meta["earlier"] = earlier
-        atomic.write_text(meta_path(self.output), json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        sidecar = meta_path(self.output)
+        try:
+            atomic.write_text(sidecar, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise atomic.write_failure(sidecar, exc, next_step=_RESUME_STEP) from None
         if self.state.torn_bytes:
-            os.truncate(self.output, self.state.keep_bytes)
-            print(f"note: cut off an incomplete last line ({self.state.torn_bytes} bytes) left by an interrupted "
-                  "run; it will be redone", file=sys.stderr)
+            try:
+                os.truncate(self.output, self.state.keep_bytes)
+            except OSError as exc:
+                raise atomic.write_failure(self.output, exc, next_step=_RESUME_STEP) from None
+            # Logged, not printed: without logging configured (the CLI) Python shows it on stderr.
+            _log.warning("note: cut off an incomplete last line (%d bytes) left by an interrupted run; it will be "
+                         "redone", self.state.torn_bytes)
 
 
 def plan_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,
@@ -628,10 +730,9 @@ def plan_job(input: str, output: str, *, model: str | None = None, sha256: str |
     if ctx is not None and ctx < 16:
         raise UsageError(f"--ctx {ctx} is too small")
     atomic.check_writable(output)
+    atomic.check_not_an_input(output, [input])
     state = inspect_output(output)
-    if state.lines and state.meta is None and not force:
-        raise ResumeMismatchError(str(output), [f"it has {state.lines} lines but no {meta_path(output).name}"])
-    resuming = bool(state.lines) and state.meta is not None
+    resuming = bool(state.lines)
     old = state.meta or {}
     items = read_items(input, format=input_format)
 

@@ -182,6 +182,9 @@ class ChatSession:
                                 params=asdict(self.params))
             self._record(user, result)
             raise
+        except BaseException:
+            stream.close()  # now, while the model is open, not when the traceback is collected
+            raise
         self._record(user, result)
         return result
 

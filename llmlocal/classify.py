@@ -5,6 +5,7 @@ predict, evaluate (k-fold, hold-out) and write predictions with a manifest.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections import Counter
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import tabular
 from .embedding import EmbeddingClassifier
-from .errors import InputFormatError, UsageError
+from .errors import ContextOverflowError, InputFormatError, LlmlocalError, UsageError
 from .fewshot import FewShotPrompt, Progress, PromptClassifier, Template
 
 if TYPE_CHECKING:
@@ -268,12 +269,31 @@ def build_classifier(model: Model, labels: Sequence[str], examples: Sequence[Exa
                             chat=chat, calibrate=settings.calibrate, parallel=settings.parallel)
 
 
+def item_name(item: Item, source: str | None = None) -> str:
+    """How messages name an item: its id and the input line it came from (the list index means nothing to users)."""
+    where = f"line {item.line}" + (f" of {source}" if source else "") if item.line is not None else ""
+    return f"item {json.dumps(item.id, ensure_ascii=False, default=str)}" + (f" ({where})" if where else "")
+
+
+def _named(exc: LlmlocalError, names: Sequence[str]) -> LlmlocalError:
+    """``exc`` with the item at its ``index`` named in the message."""
+    index = getattr(exc, "index", None)
+    if index is not None and 0 <= index < len(names):
+        detail = getattr(exc, "detail", None)
+        exc.args = (f"{names[index]} {detail}" if detail else f"{names[index]}: {exc}",)
+        exc.index = None  # named once, even if it passes another layer
+    return exc
+
+
 def predict(classifier: Classifier, items: Sequence[Item], settings: Settings, *,
-            progress: Progress | None = None) -> list[Prediction]:
-    """Predictions for ``items``, in order, with abstention applied."""
+            progress: Progress | None = None, source: str | None = None) -> list[Prediction]:
+    """Predictions for ``items``, in order, with abstention applied (``source``: their file, for messages)."""
     if not items:
         return []
-    probs = classifier.predict_proba([i.text for i in items], progress=progress)
+    try:
+        probs = classifier.predict_proba([i.text for i in items], progress=progress)
+    except ContextOverflowError as exc:
+        raise _named(exc, [item_name(i, source) for i in items]) from None
     labels = classifier.labels
     out = []
     for item, row in zip(items, probs):
@@ -446,6 +466,8 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Run:
         pairs = [([pool[i] for i in train], test) for train, test in splits]
     else:
         pairs = [(list(job.examples), list(range(len(items))))]
+    if settings.method == "embed":
+        check_embed_lengths(model, job)
     cache: dict[str, np.ndarray] = {}  # embeddings, shared by the folds
     predictions: dict[int, Prediction] = {}
     total = sum(len(test) for _, test in pairs)
@@ -462,7 +484,8 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Run:
             if progress is not None:
                 progress(base + n, total)
 
-        for i, p in zip(test, predict(clf, [items[i] for i in test], settings, progress=fold_progress)):
+        for i, p in zip(test, predict(clf, [items[i] for i in test], settings, progress=fold_progress,
+                                      source=job.input_path or tabular.STDIN_NAME)):
             predictions[i] = p
         done += len(test)
         result.classifiers.append(clf.describe())
@@ -475,6 +498,30 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Run:
     if job.evaluate:
         result.report = evaluation_report(job, result)
     return result
+
+
+def check_embed_lengths(model: Model, job: Job) -> None:
+    """Refuse, before any embedding is computed, an example or item too long to embed, by name."""
+    from .embedding import check_lengths
+
+    source = job.input_path or tabular.STDIN_NAME
+    names = [f"example on line {e.line} of {job.examples_path}" for e in job.examples]
+    names += [item_name(i, source) for i in job.items]
+    try:
+        check_lengths(model, [e.text for e in job.examples] + [i.text for i in job.items])
+    except ContextOverflowError as exc:
+        raise _named(exc, names) from None
+
+
+def embed_items(model: Model, items: Sequence[Item], *, normalize: bool = True,
+                source: str | None = None) -> np.ndarray:
+    """``llmlocal embed``: one vector per item, in order; a text too long is named by id and line."""
+    from .embedding import embed_texts
+
+    try:
+        return embed_texts(model, [i.text for i in items], normalize=normalize)
+    except ContextOverflowError as exc:
+        raise _named(exc, [item_name(i, source) for i in items]) from None
 
 
 def evaluation_report(job: Job, result: Run) -> dict:
@@ -561,28 +608,38 @@ def manifest(job: Job, result: Run, *, model_name: str, model_sha256: str | None
     return out
 
 
-def check_output(path: str | None) -> None:
-    """Refuse, before any work, an output file that could not be written (stdout is always fine)."""
+def check_output(path: str | None, *, inputs: Sequence[str | None] = ()) -> None:
+    """Refuse, before any work, an output file that could not be written or that is one of
+    ``inputs`` (stdout is always fine)."""
     if path is not None and path != "-":
-        from .atomic import check_writable
+        from .atomic import check_not_an_input, check_writable
 
         check_writable(path)
+        check_not_an_input(path, inputs)
 
 
 def write_outputs(job: Job, result: Run, meta: dict, *, output: str | None, fmt: str,
                   json_header: bool = False, stdout: IO[str] | None = None) -> None:
     """Predictions to ``output`` (atomically, with ``<output>.meta.json``) or to ``stdout``."""
-    import json
-
-    from .atomic import atomic_writer, write_text
+    from .atomic import replace_together, write_failure
 
     header = meta if json_header else None
     if output is None or output == "-":
         write_predictions(stdout or sys.stdout, result, fmt, header=header, with_gold=job.evaluate)
         return
-    with atomic_writer(output) as fh:
-        write_predictions(fh, result, fmt, header=header, with_gold=job.evaluate)
-    write_text(f"{output}.meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    # Both files are written in full before either replaces its old version, so a disk that
+    # fills part-way leaves the old pair; the manifest's hash of the predictions tells a pair
+    # that a crash between the two renames left mismatched.
+    try:
+        with replace_together() as files:
+            with files.open(output) as fh:
+                write_predictions(fh, result, fmt, header=header, with_gold=job.evaluate)
+            meta = {**meta, "output": {"path": str(output), "format": fmt,
+                                       "sha256": files.sha256[Path(output)]}}
+            files.write_text(f"{output}.meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise write_failure(output, exc, next_step=f"run it again: {output} and its manifest are as they were") \
+            from None
 
 
 def output_format(path: str | None, explicit: str | None) -> str:
@@ -609,7 +666,6 @@ def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None
     ``header``: a manifest written as the first JSONL line, ``{"manifest": {...}}``.
     """
     import csv
-    import json
 
     if fmt == "jsonl":
         if header is not None:
@@ -631,17 +687,29 @@ def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None
 
 
 
+def embed_manifest(items: Sequence[Item], vectors: np.ndarray, *, model_name: str, model_sha256: str | None,
+                   input_path: str | None, normalized: bool, pooling: str) -> dict:
+    """Provenance of ``llmlocal embed``: the model (vectors of two models are not comparable) and
+    the item ids, which a ``.npy`` matrix cannot hold (row i is ``ids[i]``)."""
+    from . import __version__
+    from .runtime import llama_cpp_version
+
+    path = None if input_path in (None, "-") else input_path
+    return {"llmlocal_version": __version__, "llama_cpp_python_version": llama_cpp_version(),
+            "model": {"name": model_name, "sha256": model_sha256},
+            "input": {"path": path, "sha256": sha256_text_source(path), "items": len(items)},
+            "pooling": pooling, "normalised": normalized, "dimensions": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+            "ids": [i.id for i in items]}
+
+
 def write_embeddings(items: Sequence[Item], vectors: np.ndarray, *, output: str | None,
-                     stdout: IO[str] | None = None) -> None:
-    """``.npy``: a float32 matrix, one row per item in input order; else JSONL ``{"id", "embedding"}``."""
-    import json
+                     stdout: IO[str] | None = None, meta: dict | None = None) -> None:
+    """``.npy``: a float32 matrix, one row per item in input order; else JSONL ``{"id", "embedding"}``.
 
-    from .atomic import atomic_writer
-
-    if output is not None and output.endswith(".npy"):
-        with atomic_writer(output, "wb") as fh:
-            np.save(fh, vectors.astype(np.float32))
-        return
+    With ``output`` and ``meta``, ``<output>.meta.json`` is written beside it, with the output's
+    SHA-256; the two are published together, as classify's predictions and manifest are.
+    """
+    from .atomic import replace_together, write_failure
 
     def lines(fh: IO[str]) -> None:
         for item, vec in zip(items, vectors):
@@ -649,6 +717,18 @@ def write_embeddings(items: Sequence[Item], vectors: np.ndarray, *, output: str 
 
     if output is None or output == "-":
         lines(stdout or sys.stdout)
-    else:
-        with atomic_writer(output) as fh:
-            lines(fh)
+        return
+    npy = output.endswith(".npy")
+    try:
+        with replace_together() as files:
+            with files.open(output, "wb" if npy else "w") as fh:
+                if npy:
+                    np.save(fh, vectors.astype(np.float32))
+                else:
+                    lines(fh)
+            if meta is not None:
+                meta = {**meta, "output": {"path": str(output), "format": "npy" if npy else "jsonl",
+                                           "sha256": files.sha256[Path(output)]}}
+                files.write_text(f"{output}.meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise write_failure(output, exc, next_step=f"run it again: {output} is as it was") from None

@@ -533,8 +533,9 @@ def _no_ray_options(workers: int, model_dir: str | None) -> None:
               "so memory grows with both.")
 @click.option("--ordered/--unordered", default=True, show_default=True,
               help="Write results in input order, or as each finishes.")
-@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text"]), default="auto",
-              show_default=True, help="Input format (auto: by extension, else JSONL if it starts with '{').")
+@click.option("--format", "input_format", type=click.Choice(["auto", "jsonl", "text", "lines"]), default="auto",
+              show_default=True, help="Input format; text and lines are the same (auto: by extension, else "
+              "JSONL if it starts with '{').")
 @click.option("--force", is_flag=True, help="Add to an OUTPUT made with another model or other options.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
 @ray_options
@@ -600,11 +601,12 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
     if not quiet and not summary.completed:
         click.echo(f"nothing to do: all {summary.total} lines are already in {summary.output}", err=True)
     elif not quiet:
-        earlier = f", {summary.skipped} from an earlier run" if summary.skipped else ""
-        click.echo(f"done: {summary.done} of {summary.total} lines in {summary.output} ({summary.completed} now"
-                   f"{earlier}; {summary.failed} failed); {summary.completion_tokens} tokens generated in "
-                   f"{summary.seconds:.1f} s: {summary.items_per_second:.2f} items/s, "
-                   f"{summary.tokens_per_second:.1f} tok/s at --parallel {summary.parallel}", err=True)
+        click.echo(f"done: {summary.done} of {summary.total} lines in {summary.output}: {summary.succeeded} "
+                   f"succeeded, {summary.failed} failed, {summary.skipped} skipped (from an earlier run); "
+                   f"{summary.completion_tokens} tokens generated in {summary.seconds:.1f} s: "
+                   f"{summary.items_per_second:.2f} items/s, {summary.tokens_per_second:.1f} tok/s at "
+                   f"--parallel {summary.parallel}", err=True)
+    batch.check_succeeded(summary)
 
 
 # ---------------------------------------------------------------- classification
@@ -614,7 +616,8 @@ def input_options(f):
     """How to read CSV/TSV/JSONL/plain-line input: columns, header, format."""
     opts = [
         click.option("--input-format", type=click.Choice(["csv", "tsv", "jsonl", "lines"]),
-                     help="Input format [default: by extension; stdin: JSONL if it starts with '{', else lines]."),
+                     help="Input format [default: by extension; stdin or another extension: JSONL if it starts "
+                     "with '{', else lines]."),
         click.option("--no-header", is_flag=True, help="CSV/TSV without a header row: columns are named 1, 2, ..."),
         click.option("--id-column", help="Column with the item id [default: id, else the line number]."),
         click.option("--text-column", help="Column with the text [default: text, else the first column]."),
@@ -694,7 +697,7 @@ def _classify(input_path: str | None, *, evaluate: str | None, kw: dict) -> None
     json_header = kw.pop("json_header")
     if json_header and fmt != "jsonl":
         raise UsageError("--json-header needs JSONL output; with CSV the manifest is in <output>.meta.json")
-    classify.check_output(output)
+    classify.check_output(output, inputs=[input_path, evaluate, kw["examples_path"], kw["template_path"]])
     job = classify.prepare(
         evaluate if evaluate is not None else input_path, labels=labels, examples_path=kw.pop("examples_path"),
         template_path=kw.pop("template_path"), settings=settings, evaluate=evaluate is not None,
@@ -829,7 +832,8 @@ def eval_cmd(labelled: str, **kw) -> None:
 @cli.command("embed")
 @click.argument("input", required=False, metavar="[INPUT]")
 @click.option("--output", "-o", metavar="FILE", help="out.jsonl ({id, embedding} per line) or out.npy "
-              "(float32 matrix, rows in input order) [default: JSONL on stdout].")
+              "(float32 matrix, rows in input order), with FILE.meta.json (model, ids, SHA-256) "
+              "[default: JSONL on stdout].")
 @click.option("--no-normalize", is_flag=True, help="Keep the raw pooled vectors (default: L2-normalised).")
 @model_options
 @input_options
@@ -841,21 +845,25 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
       llmlocal embed messages.csv -o vectors.npy
       llmlocal embed -m gemma3-270m-base notes.txt -o vectors.jsonl
     """
-    from . import classify, embedding
+    from . import classify
 
     if output is not None and not output.endswith((".jsonl", ".npy", ".ndjson")):
         raise UsageError(f"cannot tell the output format of '{output}'", hint="name it .jsonl or .npy")
-    classify.check_output(output)
+    classify.check_output(output, inputs=[input])
     if input in (None, "-") and sys.stdin.isatty():
         raise UsageError("give an INPUT file, or pipe texts on stdin")
     items, _ = classify.read_items(input, format=kw.pop("input_format"), header=not kw.pop("no_header"),
                                    text_column=kw.pop("text_column"), id_column=kw.pop("id_column"))
     loaded = _load(kw, embeddings=True, n_seq_max=16)
     try:
-        vectors = embedding.embed_texts(loaded.model, [i.text for i in items], normalize=not no_normalize)
+        vectors = classify.embed_items(loaded.model, items, normalize=not no_normalize,
+                                       source=input if input not in (None, "-") else "<stdin>")
     finally:
         loaded.close()
-    classify.write_embeddings(items, vectors, output=output)
+    meta = classify.embed_manifest(items, vectors, model_name=loaded.name, model_sha256=loaded.sha256,
+                                   input_path=input, normalized=not no_normalize,
+                                   pooling=loaded.model.options.pooling)
+    classify.write_embeddings(items, vectors, output=output, meta=meta)
     click.echo(f"{len(items)} embedding(s) of {vectors.shape[1]} dimensions with {loaded.name}"
                + (f" written to {output}" if output else ""), err=True)
 

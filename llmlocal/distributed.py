@@ -216,17 +216,20 @@ class ClassifyWorker:
     """A Ray Data actor: one model and one classifier (its prompt prefix cached), many batches of texts."""
 
     def __init__(self, model: str, sha256: str | None, model_dir: str | None, labels: list[str],
-                 examples: list[classify.Example], settings: classify.Settings, threads: int) -> None:
+                 examples: list[classify.Example], settings: classify.Settings, threads: int,
+                 source: str | None = None) -> None:
         _verified(model, sha256, model_dir)
         runtime.prefer_batch_invariant_kernels()  # this process's first evaluation is still to come
         self.loaded = loader.load(model, sha256=sha256, threads=threads, **classify.load_options(settings.method))
-        self.settings = settings
+        self.settings, self.source = settings, source
         self.classifier = classify.build_classifier(self.loaded.model, labels, examples, settings)
         self.described = json.dumps(self.classifier.describe())
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [classify.Item(id=int(i), text=str(t)) for i, t in zip(rows["index"], rows["text"], strict=True)]
-        predictions = classify.predict(self.classifier, items, self.settings)
+        # The user's id and input line travel with the text, so an error about an item names it.
+        items = [classify.Item(id=json.loads(i), text=str(t), line=int(n) if n >= 0 else None)
+                 for i, t, n in zip(rows["id"], rows["text"], rows["line"], strict=True)]
+        predictions = classify.predict(self.classifier, items, self.settings, source=self.source)
         return {"index": rows["index"],
                 "prediction": np.array([json.dumps(asdict(p)) for p in predictions], dtype=object),
                 "classifier": np.array([self.described] * len(items), dtype=object)}
@@ -247,12 +250,14 @@ def run_classify(job: classify.Job, *, model: str | None, sha256: str | None, ad
         ray = _ray()
         connect(address, cpus=workers * threads)
         _preflight(ray, _model_ref(spec), digest, model_dir)
-        rows = [{"index": i, "text": item.text} for i, item in enumerate(job.items)]
+        rows = [{"index": i, "text": item.text, "id": json.dumps(item.id, ensure_ascii=False, default=str),
+                 "line": item.line if item.line is not None else -1} for i, item in enumerate(job.items)]
         ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), workers, batch_size))
         ds = ds.map_batches(
             ClassifyWorker, batch_size=batch_size, batch_format="numpy",
             fn_constructor_kwargs={"model": _model_ref(spec), "sha256": digest, "model_dir": model_dir, "labels": list(job.labels),
-                                   "examples": chosen, "settings": settings, "threads": threads},
+                                   "examples": chosen, "settings": settings, "threads": threads,
+                                   "source": job.input_path or "<stdin>"},
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads)
         found: dict[int, classify.Prediction] = {}
         described: Any = None

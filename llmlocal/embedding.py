@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # a median 0.06 (SmolLM2) / 0.12 (Gemma 3 270M), so a scale of 1 would say "uniform" every time.
 # 20 makes a typical gap 1-2.5 logits (probability 0.75-0.92), about the one-shot accuracy there.
 CENTROID_SCALE = 20.0
+# Tokens per text at most: the batch size the loader gives a context of 512 tokens or more.
+EMBED_BATCH = 512
 
 
 def embed_texts(model: Model, texts: Sequence[str], *, normalize: bool = True,
@@ -36,13 +38,7 @@ def embed_texts(model: Model, texts: Sequence[str], *, normalize: bool = True,
     group_tokens = min(n_batch, 128)
     width = max(model.options.n_seq_max, 1)
     vectors: list[np.ndarray] = []
-    tokenized = [model.tokenize(t, add_special=True, parse_special=False) for t in texts]
-    for i, tokens in enumerate(tokenized):
-        if len(tokens) > n_batch:
-            err = ContextOverflowError(len(tokens), n_batch)
-            err.args = (f"text {i + 1} is {len(tokens)} tokens; embeddings take at most {n_batch} per text",)
-            err.hint = "shorten it, or raise --ctx (the batch follows the context, up to 4096)"
-            raise err
+    tokenized = check_lengths(model, texts)
     i = 0
     while i < len(tokenized):
         batch: list[int] = []
@@ -66,6 +62,31 @@ def embed_texts(model: Model, texts: Sequence[str], *, normalize: bool = True,
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out = out / np.where(norms > 0, norms, 1.0)
     return out
+
+
+def check_lengths(model: Model, texts: Sequence[str]) -> list[list[int]]:
+    """The tokens of each text, refusing a text longer than one batch: llama.cpp pools a
+    sequence's embedding within one micro-batch.
+
+    Raises:
+        ContextOverflowError: with ``index``, the position in ``texts`` of the first text too long
+            (callers that know ids and line numbers name them in the message).
+    """
+    limit = model.options.n_batch
+    tokenized = [model.tokenize(t, add_special=True, parse_special=False) for t in texts]
+    for i, tokens in enumerate(tokenized):
+        if len(tokens) > limit:
+            err = ContextOverflowError(len(tokens), limit)
+            err.detail = f"is {len(tokens)} tokens; an embedding takes at most {limit}"
+            err.args = (f"text {i + 1} {err.detail}",)
+            # The batch is min(512, context): a context above 512 does not raise it. The logits of
+            # every token of a batch are kept (an embeddings context still computes them), and a
+            # larger batch would need n_vocab x tokens floats: 4 GB for Gemma 3 at 4096.
+            err.hint = ("shorten the text or split it into parts" if limit >= EMBED_BATCH else
+                        f"shorten the text, or raise --ctx to {EMBED_BATCH} (the most a text can take)")
+            err.index = i
+            raise err
+    return tokenized
 
 
 class LogisticRegression:
@@ -155,7 +176,13 @@ class EmbeddingClassifier:
     def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if todo:
-            for text, vec in zip(todo, embed_texts(self.model, todo, progress=progress)):
+            try:
+                vectors = embed_texts(self.model, todo, progress=progress)
+            except ContextOverflowError as exc:
+                if getattr(exc, "index", None) is not None:
+                    exc.index = list(texts).index(todo[exc.index])  # the caller knows texts, not todo
+                raise
+            for text, vec in zip(todo, vectors):
                 self._cache[text] = vec
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0))
 

@@ -241,10 +241,13 @@ class ContextOverflowError(LlmlocalError, ValueError):
 class InputFormatError(LlmlocalError, ValueError):
     """Malformed user input file (CSV/JSONL/...), with the line that is wrong."""
 
-    def __init__(self, path: str, problem: str, *, line: int | None = None) -> None:
+    def __init__(self, path: str, problem: str, *, line: int | None = None, hint: str | None = None) -> None:
         self.path, self.problem, self.line = path, problem, line
         where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {problem}")
+        if hint is None:
+            hint = (f"fix line {line} of {path} (or the options that read it), then try again" if line is not None
+                    else "check the file (its path and contents) and the options that read it, then try again")
+        super().__init__(f"{where}: {problem}", hint=hint)
 
 
 class OutputNotWritableError(LlmlocalError, PermissionError):
@@ -267,3 +270,50 @@ class ResumeMismatchError(LlmlocalError, ValueError):
             hint="resume with the same model and options, write to a new -o file, "
             "or pass --force to add to it anyway",
         )
+
+
+class ModelClosedError(LlmlocalError, ValueError):
+    """A loaded model was used after close() (ValueError, as for a closed file)."""
+
+
+class OutputWriteError(LlmlocalError, OSError):
+    """A result file could not be written part-way through a job (an I/O error, a size limit).
+
+    A full disk is a :class:`DiskSpaceError` instead. ``hint`` says what was kept and how to go on.
+    """
+
+    def __init__(self, path: str, reason: str, *, hint: str | None = None, errno: int | None = None) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot write {path}: {reason}", hint=hint)
+        self.errno = errno
+
+
+class ForeignOutputError(LlmlocalError, FileExistsError):
+    """An output path holds a file llmlocal did not write (or cannot recognise); it is left alone."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} {reason}; refusing to change it",
+                         hint=f"choose a new output file (-o), or remove {path} if you no longer need it")
+
+
+class BatchFailedError(LlmlocalError, RuntimeError):
+    """Every line a batch job ran failed; their error records are in the output.
+
+    ``summary`` is the job's :class:`~llmlocal.batch.BatchSummary`; ``first`` the first error record.
+    """
+
+    def __init__(self, summary: object, first: dict | None, *, hint: str) -> None:
+        self.summary, self.first = summary, first
+        total = getattr(summary, "failed", 0)
+        where = ""
+        if first is not None:
+            where = f"; the first, line {first.get('line')} (id {_short_json(first.get('id'))}): {first.get('error')}"
+        super().__init__(f"none of the {total} line(s) that ran succeeded{where}", hint=hint)
+
+
+def _short_json(value: object) -> str:
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:39] + "…"

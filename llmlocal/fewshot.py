@@ -158,6 +158,7 @@ class FewShotPrompt:
         """Refuse, with the token counts, a prompt + item + labels that the context cannot hold."""
         n_ctx = self.model.n_ctx
         longest = max((len(t) for t in item_tokens), default=0)
+        longest_index = max(range(len(item_tokens)), key=lambda i: len(item_tokens[i]), default=None)
         extra = sum(len(t) - 1 for t in self.label_tokens)  # cells for the label branches
         need = len(self.prefix) + longest + extra
         if need <= n_ctx:
@@ -171,6 +172,7 @@ class FewShotPrompt:
                     f"{extra} = {need} tokens, but the context holds {n_ctx}",)
         err.hint = (f"use --max-examples {max(fit, 0)} (about that many fit) or a larger --ctx" if self.examples
                     else "use a larger --ctx or shorter items")
+        err.index = longest_index  # the longest item, for callers that know its id and line
         raise err
 
     def describe(self) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from . import gguf, hardware
-from .errors import DecodeError, InsufficientMemoryError, ModelLoadError, UsageError
+from .errors import DecodeError, InsufficientMemoryError, ModelClosedError, ModelLoadError, UsageError
 from .sampling import RANDOM_SEED, SamplingParams
 
 if TYPE_CHECKING:
@@ -240,7 +240,15 @@ class Model:
     # -- lifetime
 
     def close(self) -> None:
+        """Free the batch, the context, then the weights. Safe to call twice.
+
+        Whatever still holds this Model afterwards (an engine or a generator finalised later by
+        the garbage collector, a sampler) gets a ModelClosedError for work and a no-op for
+        clean-up, never a call into freed memory: the KV cache lives in the context, so its
+        pointer is dropped with it.
+        """
         lib = self._lib
+        self._mem = None
         if self._batch is not None:
             lib.llama_batch_free(self._batch)
             self._batch = None
@@ -250,6 +258,16 @@ class Model:
         if self._model:
             lib.llama_model_free(self._model)
             self._model = None
+        self.vocab = None
+
+    @property
+    def closed(self) -> bool:
+        return self._ctx is None
+
+    def _live(self) -> None:
+        if self._ctx is None:
+            raise ModelClosedError(f"{self.path.name} was closed; load it again to use it",
+                                   hint="keep the model open until every job using it has finished")
 
     def __enter__(self) -> Model:
         return self
@@ -266,6 +284,7 @@ class Model:
     # -- vocabulary
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        self._live()
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (self._lib.llama_token * cap)()
@@ -279,6 +298,8 @@ class Model:
         """The bytes of one token (may be part of a UTF-8 character)."""
         # A buffer per call, not per model: the server renders chat templates (which ask for the
         # BOS/EOS text) on other threads while the engine thread turns tokens into text.
+        if self.vocab is None:
+            self._live()
         buf = ctypes.create_string_buffer(64)
         n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:
@@ -290,18 +311,22 @@ class Model:
         return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
 
     def is_eog(self, token: int) -> bool:
+        self._live()
         return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
 
     @property
     def bos(self) -> int:
+        self._live()
         return self._lib.llama_vocab_bos(self.vocab)
 
     @property
     def eos(self) -> int:
+        self._live()
         return self._lib.llama_vocab_eos(self.vocab)
 
     @property
     def add_bos(self) -> bool:
+        self._live()
         return bool(self._lib.llama_vocab_get_add_bos(self.vocab))
 
     def token_text(self, token: int) -> str:
@@ -310,6 +335,7 @@ class Model:
     # -- chat template
 
     def chat_template(self) -> str | None:
+        self._live()
         raw = self._lib.llama_model_chat_template(self._model, None)
         return raw.decode("utf-8") if raw else None
 
@@ -340,6 +366,7 @@ class Model:
         A ``seq_ids`` entry may be a sequence of ids: that token then belongs to all of them and
         is computed once (classification evaluates an item once for all its label branches).
         """
+        self._live()
         b = self._batch
         assert b is not None, "the model is closed"
         n = len(tokens)
@@ -368,7 +395,8 @@ class Model:
     def decode_one(self, token: int, pos: int, seq_id: int = 0) -> None:
         """The per-token hot path of generation: one token, logits on."""
         b = self._batch
-        assert b is not None, "the model is closed"
+        if b is None:
+            self._live()
         b.token[0] = token
         b.pos[0] = pos
         b.n_seq_id[0] = 1
@@ -392,11 +420,13 @@ class Model:
         """The logit row of output ``idx`` of the last decode (a copy, as float32)."""
         import numpy as np
 
+        self._live()
         ptr = self._lib.llama_get_logits_ith(self._ctx, idx)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     def embedding(self, seq_id: int = 0) -> list[float]:
         """The pooled embedding of a sequence after decode (embeddings contexts only)."""
+        self._live()
         n = self._lib.llama_model_n_embd(self._model)
         ptr = self._lib.llama_get_embeddings_seq(self._ctx, seq_id)
         if not ptr:
@@ -407,24 +437,31 @@ class Model:
 
     def kv_remove(self, seq_id: int, start: int = 0, end: int = -1) -> None:
         """Forget positions [start, end) of a sequence (-1: to the end; seq -1: every sequence)."""
+        if self._mem is None:  # closed: the cache went with the context
+            return
         self._lib.llama_memory_seq_rm(self._mem, seq_id, start, end)
 
     def kv_copy(self, src: int, dst: int, start: int = 0, end: int = -1) -> None:
         """Share positions [start, end) of ``src`` with ``dst`` (no recomputation)."""
+        self._live()
         self._lib.llama_memory_seq_cp(self._mem, src, dst, start, end)
 
     def kv_clear(self) -> None:
+        if self._mem is None:  # closed: the cache went with the context
+            return
         self._lib.llama_memory_clear(self._mem, True)
 
     @property
     def kv_shareable(self) -> bool:
         """Whether kv_copy can share part of a sequence (attention KV, not a recurrent state)."""
+        self._live()
         lib = self._lib
         return not (lib.llama_model_is_recurrent(self._model) or lib.llama_model_is_hybrid(self._model))
 
     # -- sampling
 
     def sampler(self, params: SamplingParams) -> Sampler:
+        self._live()
         return Sampler(self, params)
 
 
@@ -455,6 +492,8 @@ class Sampler:
 
     def sample(self, idx: int = -1) -> int:
         """Choose (and accept) the next token from output ``idx`` of the last decode."""
+        if self._model._ctx is None:
+            self._model._live()
         return self._lib.llama_sampler_sample(self._chain, self._model._ctx, idx)
 
     def accept(self, token: int) -> None:

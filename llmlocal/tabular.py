@@ -4,11 +4,13 @@ Generic on purpose (classification reads items and labelled examples with it, ba
 JSONL prompts): a record is a :class:`Row`, the line it starts on and its values by column name.
 Every problem is an :class:`~llmlocal.errors.InputFormatError` naming the file and the line:
 bytes that are not UTF-8, a CSV row with a stray quote or the wrong number of fields, a JSONL
-line that is not a JSON object.
+line that is not a JSON object. :func:`read_lines` (batch jobs) reads the line-per-record formats
+by the same rules but keeps going: a line that cannot be read is a :class:`BadLine` for that
+line, so one bad prompt does not stop a job.
 
 Formats, chosen by ``format=`` or the file extension (``.csv``, ``.tsv``/``.tab``,
-``.jsonl``/``.ndjson``; anything else is plain lines; stdin is sniffed: JSONL if its first
-non-blank line starts with ``{``, else plain lines):
+``.jsonl``/``.ndjson``/``.json``, ``.txt`` for plain lines); stdin and other extensions are
+sniffed: JSONL if the first non-blank line starts with ``{``, else plain lines:
 
 - ``csv``: RFC 4180 (quoted fields may hold commas, quotes and newlines), strict quoting.
 - ``tsv``: one record per line, fields split on tabs, no quoting (the IANA text/tab-separated-values
@@ -34,7 +36,8 @@ from typing import IO, Any
 from .errors import InputFormatError
 
 FORMATS = ("csv", "tsv", "jsonl", "lines")
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+               ".json": "jsonl", ".txt": "lines"}
 STDIN_NAME = "<stdin>"
 
 
@@ -59,8 +62,16 @@ class Table:
         return self.columns is not None and name in self.columns
 
 
+@dataclass(frozen=True)
+class BadLine:
+    """A line :func:`read_lines` could not read: where, and what is wrong with it."""
+
+    line: int
+    problem: str
+
+
 def format_for(path: str | Path | None, explicit: str | None = None) -> str | None:
-    """The format of ``path``: ``explicit`` if given, else by extension (None for stdin: sniff)."""
+    """The format of ``path``: ``explicit`` if given, else by extension (None: sniff the content)."""
     if explicit is not None:
         if explicit not in FORMATS:
             raise InputFormatError(str(path or STDIN_NAME),
@@ -68,7 +79,30 @@ def format_for(path: str | Path | None, explicit: str | None = None) -> str | No
         return explicit
     if path is None or str(path) == "-":
         return None
-    return _EXTENSIONS.get(Path(path).suffix.lower(), "lines")
+    return _EXTENSIONS.get(Path(path).suffix.lower())
+
+
+def _utf8_problem(raw: bytes, exc: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+
+
+def _json_object(text: str) -> dict:
+    """The JSON object on one line; ValueError with the problem if it is not one."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting too deep
+        raise ValueError(f"not valid JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") \
+            from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, found {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
 
 
 def decoded_lines(fh: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
@@ -83,9 +117,8 @@ def decoded_lines(fh: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InputFormatError(
-                name, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                "save the file as UTF-8", line=number) from None
+            raise InputFormatError(name, _utf8_problem(raw, exc) + "; save the file as UTF-8",
+                                   line=number) from None
 
 
 def iter_rows(source: str | Path | IO[bytes] | None, *, format: str | None = None, header: bool = True,
@@ -100,6 +133,46 @@ def read_table(source: str | Path | IO[bytes] | None, *, format: str | None = No
     reader = _open(source, format=format, header=header, name=name)
     rows = list(reader)
     return Table(name=reader.name, format=reader.format, columns=reader.columns, rows=rows)
+
+
+def read_lines(source: str | Path | IO[bytes] | None, *, format: str | None = None,
+               name: str | None = None) -> tuple[Table, list[Row | BadLine]]:
+    """Every non-blank line of a JSONL or plain-lines input, each a Row or, if it cannot be read
+    (not UTF-8, not a JSON object), a BadLine; the rest of the file is still read.
+
+    Returns the Table (name and format; its rows are left empty) and the records in file order.
+
+    Raises:
+        InputFormatError: the file cannot be opened, or its format is not ``jsonl`` or ``lines``.
+    """
+    reader = _open(source, format=format, header=False, name=name)
+    table = Table(name=reader.name, format=reader.format, columns=None)
+    try:
+        if reader.format not in ("jsonl", "lines"):
+            raise InputFormatError(reader.name, f"is {reader.format.upper()}; this reads JSONL or plain lines")
+        records: list[Row | BadLine] = []
+        for number, raw in enumerate(reader.fh, 1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                records.append(BadLine(number, _utf8_problem(raw, exc)))
+                continue
+            if not text.strip():  # as the strict readers decide it, so both skip the same lines
+                continue
+            if reader.format == "lines":
+                records.append(Row(number, {"text": text.rstrip("\r\n")}))
+                continue
+            try:
+                records.append(Row(number, _json_object(text)))
+            except ValueError as exc:
+                records.append(BadLine(number, str(exc)))
+    except OSError as exc:
+        raise InputFormatError(reader.name, f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        reader.close()
+    return table, records
 
 
 class _Reader:
@@ -191,13 +264,9 @@ class _Reader:
             if not text.strip():
                 continue
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputFormatError(self.name, f"not valid JSON: {exc.msg} (column {exc.colno})",
-                                       line=number) from None
-            if not isinstance(value, dict):
-                raise InputFormatError(self.name, f"expected a JSON object, found {type(value).__name__}",
-                                       line=number)
+                value = _json_object(text)
+            except ValueError as exc:
+                raise InputFormatError(self.name, str(exc), line=number) from None
             if self.columns is None:
                 self.columns = list(value)
             yield Row(number, value)
@@ -232,12 +301,20 @@ def _open(source: str | Path | IO[bytes] | None, *, format: str | None, header: 
             raise InputFormatError(label, "no such file") from None
         except IsADirectoryError:
             raise InputFormatError(label, "is a directory, not a file") from None
+        except OSError as exc:
+            raise InputFormatError(label, f"cannot be opened ({exc.strerror or exc})") from None
         owned = True
     else:
         fh, label, owned = source, name or getattr(source, "name", None) or STDIN_NAME, False
     fmt = format_for(label if isinstance(source, (str, Path)) else None, format)
-    if fmt is None:  # stdin or an anonymous stream: sniff the first non-blank line
-        data = fh.read()
+    if fmt is None:  # stdin, a stream or an unknown extension: sniff the first non-blank line
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise InputFormatError(label, f"cannot be read ({exc.strerror or exc})") from None
+        finally:
+            if owned:
+                fh.close()
         first = next((ln for ln in data.splitlines() if ln.strip()), b"")
         fmt = "jsonl" if first.lstrip().startswith(b"{") else "lines"
         fh, owned = io.BytesIO(data), True

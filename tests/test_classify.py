@@ -470,6 +470,82 @@ def test_failed_run_leaves_no_partial_output(installed, files):
     result = run("classify", "--ctx", "256", "-l", "spam,ham", str(long_item), "-o", str(out))
     assert result.exit_code == 1, result.output
     assert "the context holds 256" in result.output
+    assert f"item 2 (line 2 of {long_item}): the prompt does not fit" in result.output  # not a list index
     assert out.read_text(encoding="utf-8") == "previous results\n"  # untouched
     assert not (files["dir"] / "pred.jsonl.meta.json").exists()
     assert [p.name for p in files["dir"].iterdir() if p.name.startswith(".pred")] == []  # no temp file left
+
+
+def _limit_file_size(limit: int):
+    """For subprocess's preexec_fn: a write past ``limit`` bytes fails (EFBIG), as on a full disk."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_predictions_and_manifest_are_replaced_together(installed, files):
+    """Issue #12: predictions were replaced, then the manifest; a disk filling in between left new
+    predictions beside the old manifest. A file-size limit that the small predictions pass and the
+    larger manifest does not fails the same way, for real, without root."""
+    import hashlib
+
+    out = files["dir"] / "pred.csv"
+    base = ["classify", "-m", "smollm2-135m", "-e", str(files["examples"]), "--max-examples", "4", "-o", str(out)]
+    first = run(*base, str(files["items_csv"]))
+    assert first.exit_code == 0, first.output
+    meta_path = files["dir"] / "pred.csv.meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["output"] == {"path": str(out), "format": "csv", "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+    before = (out.read_bytes(), meta_path.read_bytes())
+    assert len(before[0]) < 1000 < len(before[1])
+
+    fewer = files["dir"] / "fewer.csv"
+    fewer.write_text("".join(files["items_csv"].read_text(encoding="utf-8").splitlines(True)[:3]), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "llmlocal", *base, str(fewer)], capture_output=True, text=True,
+                          preexec_fn=_limit_file_size(1000), env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 1, proc.stderr
+    assert "Error: cannot write" in proc.stderr and "File too large" in proc.stderr, proc.stderr
+    assert "hint: raise the file size limit" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out.read_bytes(), meta_path.read_bytes()) == before  # the old pair, both
+    assert [p.name for p in files["dir"].iterdir() if p.name.startswith(".pred")] == []
+
+
+def test_a_text_too_long_to_embed_is_named_and_the_hint_is_true(installed, files):
+    """Issue #12: "text 222 ... raise --ctx", but --ctx 4096 failed the same way. The limit is the
+    batch (min(512, context)), so the message names the item and the hint does not offer --ctx."""
+    long_csv = files["dir"] / "long.csv"
+    long_csv.write_text("id,text\na,short text\nb," + "word " * 700 + "\n", encoding="utf-8")
+    for args in (["classify", "--method", "embed", "-e", str(files["examples"]), "--ctx", "4096", str(long_csv)],
+                 ["embed", "--ctx", "4096", str(long_csv)]):
+        result = run(*args)
+        assert result.exit_code == 1, result.output
+        assert f'Error: item "b" (line 3 of {long_csv}) is 70' in result.stderr, result.stderr
+        assert "an embedding takes at most 512" in result.stderr
+        assert "hint: shorten the text or split it into parts" in result.stderr and "--ctx" not in result.stderr
+
+
+def test_embed_writes_ids_model_and_hash_beside_the_vectors(installed, files):
+    """A .npy matrix cannot hold ids or say which model made it: FILE.meta.json does, with its hash."""
+    import hashlib
+
+    npy = files["dir"] / "vectors.npy"
+    result = run("embed", str(files["items_csv"]), "-o", str(npy))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((files["dir"] / "vectors.npy.meta.json").read_text())
+    assert meta["ids"] == [r["id"] for r in sample_rows()[24:30]]
+    assert meta["model"]["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert meta["dimensions"] == 576 and meta["normalised"] is True
+    assert meta["output"]["sha256"] == hashlib.sha256(npy.read_bytes()).hexdigest()
+
+
+def test_an_output_that_is_an_input_is_refused(files):
+    """`-o` naming the input (or the examples) would replace the user's data with predictions."""
+    items, examples, texts = files["items_csv"], files["examples"], files["items_jsonl"]
+    before = [f.read_bytes() for f in (items, examples, texts)]
+    for args in (["classify", "-l", "spam,ham", str(items), "-o", str(items)],
+                 ["classify", "-e", str(examples), str(items), "-o", str(examples), "--format", "csv"],
+                 ["embed", str(texts), "-o", str(texts.parent / ".." / texts.parent.name / texts.name)]):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert "is also an input" in result.stderr and "hint: choose another output file" in result.stderr
+    assert [f.read_bytes() for f in (items, examples, texts)] == before
