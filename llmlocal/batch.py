@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -26,18 +25,26 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, atomic, catalog, gguf, loader, runtime, store, tabular
-from .engine import Engine, Request
-from .errors import (BatchFailedError, ContextOverflowError, ForeignOutputError, LlmlocalError, ResumeMismatchError,
-                     UsageError)
-from .generate import Completion, build_prompt, fit_prompt, tokenize_prompt
-from .runtime import Model, SamplingParams
+from . import __version__, atomic, catalog, gguf, loader, runtime, sampling, store, tabular
+from .engine import Engine, Request, check_parallel
+from .errors import (
+    BatchFailedError,
+    ContextOverflowError,
+    ForeignOutputError,
+    LlmlocalError,
+    ResumeMismatchError,
+    UsageError,
+    quoted,
+)
+from .generate import Completion, prompt_tokens
+from .runtime import Model
+from .sampling import SamplingParams
 
 _log = logging.getLogger(__name__)
 
 FORMAT = "llmlocal-batch/1"
 DEFAULT_PARALLEL = 8  # benchmarks/batch_bench.py on a 2-core machine: see the README
-MAX_PARALLEL = 64
+LINE_SAMPLING = ("max_tokens", "temperature", "stop", "seed")  # what a line may set for itself
 _FSYNC_SECONDS = 2.0  # a crash loses at most this much finished work to the page cache
 # The job-level settings a resume must share with the run that wrote the output.
 _COMPARED = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed",
@@ -168,29 +175,11 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
         if not isinstance(obj["raw"], bool):
             raise ValueError("'raw' must be true or false")
         item.raw = obj["raw"]
-    for key in ("max_tokens", "seed"):
-        value = obj.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"'{key}' must be a non-negative integer")
-            setattr(item, key, value)
-    if obj.get("temperature") is not None:
-        t = obj["temperature"]
-        try:
-            finite = math.isfinite(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else False
-        except OverflowError:  # an integer beyond any float
-            finite = False
-        if not finite or t < 0:
-            raise ValueError("'temperature' must be a number >= 0")
-        item.temperature = float(t)
-    stop = obj.get("stop")
-    if stop is not None:
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise ValueError("'stop' must be a string or a list of strings")
-        _check_unicode("".join(stop), "'stop'")
-        item.stop = tuple(stop)
+    # The shared sampling rules (an InvalidParameterError is a ValueError: the line's error).
+    for key, value in sampling.check({k: obj.get(k) for k in LINE_SAMPLING}, name=quoted).items():
+        setattr(item, key, value)
+    if item.stop:
+        _check_unicode("".join(item.stop), "'stop'")
     if item.raw and item.messages is not None:
         raise ValueError("'raw' cannot be used with 'messages' (they need the chat template)")
 
@@ -407,19 +396,15 @@ class _Progress:
 
 def _item_tokens(model: Model, item: BatchItem, settings: JobSettings) -> list[int]:
     system = item.system if item.system is not None else settings.system
-    if item.messages is not None:
-        messages = item.messages
-        if system is not None and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": system}, *messages]
-        return tokenize_prompt(model, model.render_chat(messages), raw=False)
     raw = item.raw if item.raw is not None else settings.raw
-    return tokenize_prompt(model, build_prompt(model, item.prompt, raw=raw, system=system), raw=raw)
+    prompt = item.messages if item.messages is not None else item.prompt
+    assert prompt is not None  # _fill_item requires one of them
+    return prompt_tokens(model, prompt, raw=raw and item.messages is None, system=system)[0]
 
 
 def _item_params(item: BatchItem, settings: JobSettings) -> SamplingParams:
-    changes = {k: v for k, v in (("max_tokens", item.max_tokens), ("temperature", item.temperature),
-                                 ("stop", item.stop), ("seed", item.seed)) if v is not None}
-    return replace(settings.params, **changes) if changes else settings.params
+    # Checked when the line was read; what the line does not set is the job's.
+    return replace(settings.params, **{k: v for k in LINE_SAMPLING if (v := getattr(item, k)) is not None})
 
 
 def _result_record(item: BatchItem, result: Completion) -> dict:
@@ -604,26 +589,18 @@ def complete_all(model: Model, prompts: Sequence[str | list[dict]], *, params: S
     params.validate()
     token_lists = []
     for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) and (not isinstance(prompt, list) or not prompt or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in prompt)):
+            raise UsageError(f"prompts[{i}]: a prompt is a string or a non-empty list of "
+                             "{'role': ..., 'content': ...} dicts")
         try:
-            if isinstance(prompt, str):
-                tokens, _ = fit_prompt(model, prompt, raw=raw, system=system, template=None,
-                                       max_tokens=params.max_tokens, truncate=False)
-            else:
-                if not isinstance(prompt, list) or not prompt or not all(
-                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                        for m in prompt):
-                    raise UsageError("a prompt is a string or a non-empty list of {'role': ..., 'content': ...} dicts")
-                messages = list(prompt)
-                if system is not None and not any(m["role"] == "system" for m in messages):
-                    messages = [{"role": "system", "content": system}, *messages]
-                tokens = tokenize_prompt(model, model.render_chat(messages), raw=False)
-                if len(tokens) >= model.n_ctx:
-                    raise ContextOverflowError(len(tokens), model.n_ctx, needed=len(tokens) + 1)
-        except (UsageError, ContextOverflowError) as exc:
-            exc.args = (f"prompts[{i}]: {exc}",)
-            if isinstance(exc, ContextOverflowError):  # batch() has no truncate option, and no --ctx
-                exc.hint = "shorten that prompt, or load the model with a larger context (llmlocal.load(..., ctx=N))"
-            raise
+            tokens, _ = prompt_tokens(model, prompt, raw=raw and isinstance(prompt, str), system=system)
+        except ContextOverflowError as exc:
+            raise exc.about(f"prompts[{i}]", hint="shorten that prompt, or load the model with a larger "
+                            "context (llmlocal.load(..., ctx=N))") from None
+        except UsageError as exc:
+            raise UsageError(f"prompts[{i}]: {exc}", hint=exc.hint) from None
         token_lists.append(tokens)
     return _decode_in_order(model, token_lists, params, parallel)
 
@@ -723,12 +700,10 @@ def plan_job(input: str, output: str, *, model: str | None = None, sha256: str |
     Raises:
         OutputNotWritableError, ResumeMismatchError, InputFormatError, UsageError, UnknownModelError.
     """
-    if not 1 <= parallel <= MAX_PARALLEL:
-        raise UsageError(f"--parallel must be between 1 and {MAX_PARALLEL}")
+    check_parallel(parallel)
     if str(output) == "-":
         raise UsageError("batch writes to a file it can resume from; give -o FILE")
-    if ctx is not None and ctx < 16:
-        raise UsageError(f"--ctx {ctx} is too small")
+    loader.check_context(ctx)
     atomic.check_writable(output)
     atomic.check_not_an_input(output, [input])
     state = inspect_output(output)
@@ -737,12 +712,9 @@ def plan_job(input: str, output: str, *, model: str | None = None, sha256: str |
     items = read_items(input, format=input_format)
 
     chosen = {k: v for k, v in (sampling or {}).items() if v is not None}
-    if "stop" in chosen:
-        chosen["stop"] = tuple(chosen["stop"])
     if resuming and "seed" not in chosen and isinstance(old.get("params", {}).get("seed"), int):
         chosen["seed"] = old["params"]["seed"]  # the seed the job began with
-    params = SamplingParams(**chosen).resolved()
-    params.validate()
+    params = SamplingParams.from_mapping(chosen).resolved()
     spec = catalog.resolve(model or loader.default_model(), sha256=sha256)
     if ctx is None and resuming and isinstance(old.get("params", {}).get("ctx"), int):
         ctx = old["params"]["ctx"]
@@ -774,8 +746,8 @@ def run_job(input: str, output: str, *, model: str | None = None, sha256: str | 
     """
     plan = plan_job(input, output, model=model, sha256=sha256, ctx=ctx, parallel=parallel, sampling=sampling,
                     system=system, raw=raw, force=force, input_format=input_format)
-    loaded = loader.load(model, sha256=sha256, ctx=plan.settings.ctx * parallel, threads=threads, verbose=verbose,
-                         n_seq_max=parallel, kv_unified=False)
+    loaded = loader.load(model, sha256=sha256, ctx=plan.settings.ctx, sequences=parallel, threads=threads,
+                         verbose=verbose)
     try:
         digest = loaded.sha256 or atomic.sha256_file(loaded.path)
         plan.check_model(digest)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import atomic, sampling, tabular
-from .errors import ContextOverflowError, InputFormatError, OutputNotWritableError, UsageError
+from .errors import ContextOverflowError, InputFormatError, OutputNotWritableError, UsageError, option
 from .generate import Completion, Generator, tokenize_prompt
 from .runtime import Model
 from .sampling import SamplingParams
@@ -210,10 +210,9 @@ class ChatSession:
             if len(tokens) + reserve <= n_ctx:
                 return tokens, first
             if first >= len(self.messages):
-                exc = ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + reserve)
-                exc.hint = ("shorten the message, lower the reply limit (/set max_tokens N), "
-                            "or start again with a larger --ctx")
-                raise exc
+                raise ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + reserve,
+                                           hint="shorten the message, lower the reply limit (/set max_tokens N), "
+                                           f"or start again with a larger context ({option('ctx')})")
             first += 2
 
     def _conversation(self, first: int | None = None) -> list[dict[str, str]]:

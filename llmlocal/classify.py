@@ -18,7 +18,7 @@ import numpy as np
 
 from . import tabular
 from .embedding import EmbeddingClassifier
-from .errors import ContextOverflowError, InputFormatError, LlmlocalError, UsageError
+from .errors import ContextOverflowError, InputFormatError, UsageError
 from .fewshot import FewShotPrompt, Progress, PromptClassifier, Template
 
 if TYPE_CHECKING:
@@ -275,13 +275,10 @@ def item_name(item: Item, source: str | None = None) -> str:
     return f"item {json.dumps(item.id, ensure_ascii=False, default=str)}" + (f" ({where})" if where else "")
 
 
-def _named(exc: LlmlocalError, names: Sequence[str]) -> LlmlocalError:
-    """``exc`` with the item at its ``index`` named in the message."""
-    index = getattr(exc, "index", None)
-    if index is not None and 0 <= index < len(names):
-        detail = getattr(exc, "detail", None)
-        exc.args = (f"{names[index]} {detail}" if detail else f"{names[index]}: {exc}",)
-        exc.index = None  # named once, even if it passes another layer
+def _named(exc: ContextOverflowError, names: Sequence[str]) -> ContextOverflowError:
+    """``exc`` about the item at its ``index``, named in the message."""
+    if exc.index is not None and 0 <= exc.index < len(names):
+        return exc.about(names[exc.index])
     return exc
 
 
@@ -698,7 +695,8 @@ def embed_manifest(items: Sequence[Item], vectors: np.ndarray, *, model_name: st
     return {"llmlocal_version": __version__, "llama_cpp_python_version": llama_cpp_version(),
             "model": {"name": model_name, "sha256": model_sha256},
             "input": {"path": path, "sha256": sha256_text_source(path), "items": len(items)},
-            "pooling": pooling, "normalised": normalized, "dimensions": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+            "pooling": pooling, "normalised": normalized,
+            "dimensions": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
             "ids": [i.id for i in items]}
 
 

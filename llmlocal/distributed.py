@@ -159,8 +159,7 @@ class BatchWorker:
     def __init__(self, model: str, sha256: str | None, model_dir: str | None, settings: batch_mod.JobSettings,
                  parallel: int, threads: int) -> None:
         _verified(model, sha256, model_dir)
-        self.loaded = loader.load(model, sha256=sha256, ctx=settings.ctx * parallel, threads=threads,
-                                  n_seq_max=parallel, kv_unified=False)
+        self.loaded = loader.load(model, sha256=sha256, ctx=settings.ctx, sequences=parallel, threads=threads)
         self.settings, self.parallel = settings, parallel
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -255,9 +254,9 @@ def run_classify(job: classify.Job, *, model: str | None, sha256: str | None, ad
         ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), workers, batch_size))
         ds = ds.map_batches(
             ClassifyWorker, batch_size=batch_size, batch_format="numpy",
-            fn_constructor_kwargs={"model": _model_ref(spec), "sha256": digest, "model_dir": model_dir, "labels": list(job.labels),
-                                   "examples": chosen, "settings": settings, "threads": threads,
-                                   "source": job.input_path or "<stdin>"},
+            fn_constructor_kwargs={"model": _model_ref(spec), "sha256": digest, "model_dir": model_dir,
+                                   "labels": list(job.labels), "examples": chosen, "settings": settings,
+                                   "threads": threads, "source": job.input_path or "<stdin>"},
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads)
         found: dict[int, classify.Prediction] = {}
         described: Any = None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ContextOverflowError, UsageError
+from .errors import ContextOverflowError, UsageError, option
 from .fewshot import Progress, softmax
 
 if TYPE_CHECKING:
@@ -76,16 +76,14 @@ def check_lengths(model: Model, texts: Sequence[str]) -> list[list[int]]:
     tokenized = [model.tokenize(t, add_special=True, parse_special=False) for t in texts]
     for i, tokens in enumerate(tokenized):
         if len(tokens) > limit:
-            err = ContextOverflowError(len(tokens), limit)
-            err.detail = f"is {len(tokens)} tokens; an embedding takes at most {limit}"
-            err.args = (f"text {i + 1} {err.detail}",)
+            detail = f"is {len(tokens)} tokens; an embedding takes at most {limit}"
             # The batch is min(512, context): a context above 512 does not raise it. The logits of
             # every token of a batch are kept (an embeddings context still computes them), and a
             # larger batch would need n_vocab x tokens floats: 4 GB for Gemma 3 at 4096.
-            err.hint = ("shorten the text or split it into parts" if limit >= EMBED_BATCH else
-                        f"shorten the text, or raise --ctx to {EMBED_BATCH} (the most a text can take)")
-            err.index = i
-            raise err
+            raise ContextOverflowError(
+                len(tokens), limit, message=f"text {i + 1} {detail}", detail=detail, index=i,
+                hint="shorten the text or split it into parts" if limit >= EMBED_BATCH else
+                f"shorten the text, or raise {option('ctx')} to {EMBED_BATCH} (the most a text can take)")
     return tokenized
 
 
@@ -124,7 +122,7 @@ class LogisticRegression:
         loss_prev = np.inf
         momentum = 1.0
         scale = max(1.0, float(n))
-        for it in range(1, self.max_iter + 1):
+        for it in range(1, self.max_iter + 1):  # noqa: B007 (the count is kept: iterations)
             m_next = (1 + np.sqrt(1 + 4 * momentum * momentum)) / 2
             beta = (momentum - 1) / m_next
             VW, Vb = W + beta * (W - W_prev), b + beta * (b - b_prev)
@@ -179,9 +177,9 @@ class EmbeddingClassifier:
             try:
                 vectors = embed_texts(self.model, todo, progress=progress)
             except ContextOverflowError as exc:
-                if getattr(exc, "index", None) is not None:
-                    exc.index = list(texts).index(todo[exc.index])  # the caller knows texts, not todo
-                raise
+                if exc.index is None:
+                    raise
+                raise exc.at(list(texts).index(todo[exc.index])) from None  # the caller knows texts, not todo
             for text, vec in zip(todo, vectors):
                 self._cache[text] = vec
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0))

@@ -228,14 +228,29 @@ class BusyError(LlmlocalError, RuntimeError):
 class ContextOverflowError(LlmlocalError, ValueError):
     """A prompt (plus room to generate) does not fit the context window."""
 
-    def __init__(self, prompt_tokens: int, n_ctx: int, *, needed: int | None = None) -> None:
+    def __init__(self, prompt_tokens: int, n_ctx: int, *, needed: int | None = None, message: str | None = None,
+                 hint: str | None = None, index: int | None = None, detail: str | None = None) -> None:
+        """``message`` and ``hint`` replace the generic ones; ``index`` is the position of the text
+        at fault in the caller's list and ``detail`` what is wrong with it, for :meth:`about`."""
         self.prompt_tokens, self.n_ctx = prompt_tokens, n_ctx
         self.needed = needed if needed is not None else prompt_tokens
+        self.index, self.detail = index, detail
         super().__init__(
-            f"prompt is {prompt_tokens} tokens but the context holds {n_ctx}"
+            message or f"prompt is {prompt_tokens} tokens but the context holds {n_ctx}"
             + (f" (needs {self.needed} with room to generate)" if self.needed > prompt_tokens + 1 else ""),
-            hint="shorten the prompt, raise --ctx, or pass --truncate to drop the start",
+            hint=hint or f"shorten the prompt, or load the model with a larger context ({option('ctx')})",
         )
+
+    def about(self, name: str, *, hint: str | None = None) -> ContextOverflowError:
+        """The same error, its message naming the text it is about (``item 7 (line 9 of a.csv)``)."""
+        message = f"{name} {self.detail}" if self.detail else f"{name}: {self}"
+        return ContextOverflowError(self.prompt_tokens, self.n_ctx, needed=self.needed, message=message,
+                                    hint=hint or self.hint)
+
+    def at(self, index: int) -> ContextOverflowError:
+        """The same error about the text at ``index`` of another list of the same texts."""
+        return ContextOverflowError(self.prompt_tokens, self.n_ctx, needed=self.needed, message=str(self),
+                                    hint=self.hint, index=index, detail=self.detail)
 
 
 class InputFormatError(LlmlocalError, ValueError):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ContextOverflowError, UsageError
+from .errors import ContextOverflowError, UsageError, option
 from .runtime import BATCH_INVARIANT_MAX_TOKENS  # runtime imports llama_cpp only when a model loads
 
 if TYPE_CHECKING:
@@ -166,14 +166,13 @@ class FewShotPrompt:
         header = self.header_tokens
         per_example = (len(self.prefix) - header) / len(self.examples) if self.examples else 0
         fit = int((n_ctx - header - longest - extra) // per_example) if per_example else 0
-        err = ContextOverflowError(need, n_ctx)
-        err.args = (f"the prompt does not fit the context: instructions {header} tokens + {len(self.examples)} "
-                    f"examples {len(self.prefix) - header} tokens + the longest item {longest} + labels "
-                    f"{extra} = {need} tokens, but the context holds {n_ctx}",)
-        err.hint = (f"use --max-examples {max(fit, 0)} (about that many fit) or a larger --ctx" if self.examples
-                    else "use a larger --ctx or shorter items")
-        err.index = longest_index  # the longest item, for callers that know its id and line
-        raise err
+        raise ContextOverflowError(
+            need, n_ctx, index=longest_index,  # the longest item, for callers that know its id and line
+            message=f"the prompt does not fit the context: instructions {header} tokens + {len(self.examples)} "
+            f"examples {len(self.prefix) - header} tokens + the longest item {longest} + labels "
+            f"{extra} = {need} tokens, but the context holds {n_ctx}",
+            hint=(f"use {option('max_examples')} {max(fit, 0)} (about that many fit) or a larger {option('ctx')}"
+                  if self.examples else f"use a larger {option('ctx')} or shorter items"))
 
     def describe(self) -> dict:
         return {"mode": "chat" if self.chat else "raw", "template": self.template.source,
@@ -239,9 +238,8 @@ class LabelScorer:
     def _check(self, tokens: list[int]) -> None:
         need = len(self.prefix) + len(tokens) + self._extra()
         if need > self.model.n_ctx:
-            err = ContextOverflowError(need, self.model.n_ctx)
-            err.hint = "use fewer examples (--max-examples), a larger --ctx, or shorter items"
-            raise err
+            raise ContextOverflowError(need, self.model.n_ctx, hint=f"use fewer examples ({option('max_examples')}), "
+                                       f"a larger {option('ctx')}, or shorter items")
 
     def score(self, items: Sequence[list[int]], *, progress: Progress | None = None) -> np.ndarray:
         """An (items x labels) array of summed label log-probabilities, reusing the prefix's cache."""
