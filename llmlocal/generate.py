@@ -189,6 +189,3 @@ def prompt_tokens(model: Model, prompt: str | Sequence[dict], *, raw: bool = Fal
     shortened = model.detokenize(body[dropped:])
     tokens = tokenize_prompt(model, build_prompt(model, shortened, raw=raw, system=system, template=template), raw=raw)
     return tokens, dropped
-
-
-fit_prompt = prompt_tokens  # batch.py's name until it moves to prompt_tokens
