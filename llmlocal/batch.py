@@ -234,7 +234,7 @@ def inspect_output(output: str | os.PathLike[str]) -> OutputState:
     path = Path(output)
     sidecar = meta_path(path)
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        meta = tabular.loads_json(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
         meta = None
     except (OSError, ValueError) as exc:
@@ -270,7 +270,7 @@ def inspect_output(output: str | os.PathLike[str]) -> OutputState:
 def _record_key(raw: bytes) -> str | None:
     """The id key of an output line, or None if it is not a result record."""
     try:
-        rec = json.loads(raw)
+        rec = tabular.loads_json(raw)
     except ValueError:
         return None
     if not isinstance(rec, dict) or "id" not in rec or "text" not in rec:

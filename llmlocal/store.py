@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
-from . import atomic, paths
+from . import atomic, paths, tabular
 from .catalog import ModelSpec
 from .errors import (
     CatalogError,
@@ -135,7 +135,7 @@ def _replaced(before: Installed | None, now: Installed) -> None:
 
 def _read_manifest(path: Path) -> Installed | None:
     try:
-        inst = Installed(**json.loads(path.read_text(encoding="utf-8")))
+        inst = Installed(**tabular.loads_json(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None  # a foreign or damaged file is not an installed model
     # The hash becomes a path (blob_path): anything but 64 hex could name a file outside blobs/.

@@ -89,12 +89,9 @@ def _utf8_problem(raw: bytes, exc: UnicodeDecodeError) -> str:
 def _json_object(text: str) -> dict:
     """The JSON object on one line; ValueError with the problem if it is not one."""
     try:
-        value = json.loads(text)
+        value = loads_json(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
-    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting too deep
-        raise ValueError(f"not valid JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") \
-            from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, found {_json_type(value)}")
     return value
@@ -348,12 +345,16 @@ def check_text(text: str, name: str, *, line: int | None = None) -> str:
 
 
 def loads_json(text: str | bytes) -> Any:
-    """``json.loads``, where a document nested too deeply for Python's recursive parser is a
-    JSONDecodeError like any other malformed one (it would otherwise be a RecursionError)."""
+    """``json.loads``, where every malformed document is a JSONDecodeError: also one nested too
+    deeply for Python's recursive parser (a RecursionError) and an integer of more than 4,300
+    digits (a plain ValueError, Python's guard against quadratic conversion)."""
     try:
         return json.loads(text)
-    except RecursionError:
-        raise json.JSONDecodeError("nested too deeply to read", text if isinstance(text, str) else "", 0) from None
+    except json.JSONDecodeError:
+        raise
+    except (RecursionError, ValueError) as exc:
+        problem = "nested too deeply to read" if isinstance(exc, RecursionError) else str(exc)
+        raise json.JSONDecodeError(problem, text if isinstance(text, str) else "", 0) from None
 
 
 def loads_toml(text: str) -> dict[str, Any]:
