@@ -18,7 +18,7 @@ import numpy as np
 
 from . import tabular
 from .embedding import EmbeddingClassifier
-from .errors import ContextOverflowError, InputFormatError, UsageError
+from .errors import ContextOverflowError, InputFormatError, UsageError, option
 from .fewshot import FewShotPrompt, Progress, PromptClassifier, Template
 
 if TYPE_CHECKING:
@@ -72,7 +72,8 @@ def parse_labels(spec: str) -> list[str]:
     """``"spam, not spam"`` -> ``["spam", "not spam"]``; empty or duplicate labels are refused."""
     labels = [part.strip() for part in spec.split(",")]
     if any(not label for label in labels):
-        raise UsageError(f"--labels {spec!r} has an empty label", hint='separate labels by commas: --labels "spam,ham"')
+        raise UsageError(f"{option('labels')} {spec!r} has an empty label",
+                         hint=f'separate labels by commas: {option("labels")} "spam,ham"')
     return check_labels(labels)
 
 
@@ -165,14 +166,14 @@ def resolve_labels(labels: Sequence[str] | None, examples: Sequence[Example], *,
     """The label set: ``labels`` if given (checked against the examples), else the examples' own."""
     if labels is None:
         if not examples:
-            raise UsageError("give --labels, or --examples to take the labels from",
-                             hint='zero-shot: --labels "spam,ham"')
+            raise UsageError(f"give {option('labels')}, or {option('examples')} to take the labels from",
+                             hint=f'zero-shot: {option("labels")} "spam,ham"')
         return check_labels(list(dict.fromkeys(e.label for e in examples)))
     labels = check_labels(labels)
     for e in examples:
         if e.label not in labels:
-            raise InputFormatError(name, f"example label '{e.label}' is not one of --labels ({', '.join(labels)})",
-                                   line=e.line)
+            raise InputFormatError(name, f"example label '{e.label}' is not one of {option('labels')} "
+                                   f"({', '.join(labels)})", line=e.line)
     if examples:
         seen = {e.label for e in examples}
         for label in labels:
@@ -192,7 +193,7 @@ def select_examples(examples: Sequence[Example], labels: Sequence[str], *, max_e
     if max_examples is None:
         return list(examples)
     if max_examples < 0:
-        raise UsageError("--max-examples must be >= 0")
+        raise UsageError(f"{option('max_examples')} must be >= 0")
     rng = random.Random(seed)
     pools = {label: [e for e in examples if e.label == label] for label in labels}
     for pool in pools.values():
@@ -233,18 +234,19 @@ class Settings:
             raise UsageError(f"unknown method '{self.method}' (use one of {', '.join(METHODS)})")
         if self.method == "embed":
             if self.calibrate:
-                raise UsageError("--calibrate applies to the prompt method, not --method embed")
+                raise UsageError(f"{option('calibrate')} applies to the prompt method, not {option('method')} embed")
             if self.template is not None or self.instructions is not None:
-                raise UsageError("--template and --instructions apply to the prompt method, not --method embed")
+                raise UsageError(f"{option('template')} and {option('instructions')} apply to the prompt method, "
+                                 f"not {option('method')} embed")
         if self.abstain_below is not None and not 0 <= self.abstain_below <= 1:
-            raise UsageError("--abstain-below must be a probability in [0, 1]")
+            raise UsageError(f"{option('abstain_below')} must be a probability in [0, 1]")
         if labels is not None and self.abstain_label in labels:
             raise UsageError(f"the abstain label '{self.abstain_label}' is also a class label",
-                             hint="choose another with --abstain-label")
+                             hint=f"choose another with {option('abstain_label')}")
         if self.parallel < 1:
-            raise UsageError("--parallel must be at least 1")
+            raise UsageError(f"{option('parallel')} must be at least 1")
         if self.max_examples is not None and self.max_examples < 0:
-            raise UsageError("--max-examples must be >= 0")
+            raise UsageError(f"{option('max_examples')} must be >= 0")
 
 
 def default_chat(model: Model) -> bool:
@@ -262,7 +264,7 @@ def build_classifier(model: Model, labels: Sequence[str], examples: Sequence[Exa
     """A classifier from (already selected) examples."""
     if settings.method == "embed":
         if not examples:
-            raise UsageError("--method embed needs labelled examples (--examples FILE)")
+            raise UsageError(f"{option('method')} embed needs labelled examples ({option('examples')} FILE)")
         return EmbeddingClassifier(model, labels, examples, C=settings.C, cache=embedding_cache)
     chat = default_chat(model) if settings.chat is None else settings.chat
     return PromptClassifier(model, labels, examples, template=settings.template, instructions=settings.instructions,
@@ -311,9 +313,9 @@ def predict(classifier: Classifier, items: Sequence[Item], settings: Settings, *
 def stratified_folds(gold: Sequence[str], k: int, *, seed: int = 0) -> list[list[int]]:
     """``k`` folds of row indices with each label spread evenly over them (fixed seed)."""
     if k < 2:
-        raise UsageError("--k-fold needs K >= 2")
+        raise UsageError(f"{option('k_fold')} needs K >= 2")
     if k > len(gold):
-        raise UsageError(f"--k-fold {k} is more folds than the {len(gold)} labelled rows")
+        raise UsageError(f"{option('k_fold')} {k} is more folds than the {len(gold)} labelled rows")
     rng = random.Random(seed)
     folds: list[list[int]] = [[] for _ in range(k)]
     offset = 0
@@ -329,7 +331,7 @@ def stratified_folds(gold: Sequence[str], k: int, *, seed: int = 0) -> list[list
 def holdout_split(gold: Sequence[str], fraction: float, *, seed: int = 0) -> tuple[list[int], list[int]]:
     """(example rows, test rows): ``fraction`` of each label held out for testing (fixed seed)."""
     if not 0 < fraction < 1:
-        raise UsageError("--holdout must be a fraction between 0 and 1")
+        raise UsageError(f"{option('holdout')} must be a fraction between 0 and 1")
     rng = random.Random(seed)
     train, test = [], []
     for label in dict.fromkeys(gold):
@@ -341,7 +343,7 @@ def holdout_split(gold: Sequence[str], fraction: float, *, seed: int = 0) -> tup
         test += idx[:n_test]
         train += idx[n_test:]
     if not test:
-        raise UsageError(f"--holdout {fraction} leaves no rows to test on")
+        raise UsageError(f"{option('holdout')} {fraction} leaves no rows to test on")
     return sorted(train), sorted(test)
 
 
@@ -389,16 +391,18 @@ def prepare(input_path: str | None, *, labels: Sequence[str] | None = None, exam
     """
     settings = settings or Settings()
     if k_fold is not None and holdout is not None:
-        raise UsageError("choose one of --k-fold and --holdout")
+        raise UsageError(f"choose one of {option('k_fold')} and {option('holdout')}")
     if (k_fold is not None or holdout is not None) and not evaluate:
-        raise UsageError("--k-fold and --holdout evaluate: use them with --evaluate FILE (or `llmlocal eval FILE`)")
+        raise UsageError(f"{option('k_fold')} and {option('holdout')} evaluate: use them with {option('evaluate')} "
+                         "FILE (or `llmlocal eval FILE`)")
     if (k_fold is not None or holdout is not None) and examples_path:
-        raise UsageError("--k-fold and --holdout draw the examples from the evaluation file; drop --examples")
+        raise UsageError(f"{option('k_fold')} and {option('holdout')} draw the examples from the evaluation file; "
+                         f"drop {option('examples')}")
     if labels is not None:
         labels = check_labels(list(labels))
     if template_path is not None:
         if settings.method == "embed":
-            raise UsageError("--template applies to the prompt method, not --method embed")
+            raise UsageError(f"{option('template')} applies to the prompt method, not {option('method')} embed")
         try:
             raw = Path(template_path).read_bytes()
             text = raw.decode("utf-8")
@@ -426,7 +430,7 @@ def prepare(input_path: str | None, *, labels: Sequence[str] | None = None, exam
                                            f"({', '.join(labels)})", line=i.line)
     settings.validate(labels)
     if settings.method == "embed" and not examples and k_fold is None and holdout is None:
-        raise UsageError("--method embed learns from labelled examples: give --examples FILE")
+        raise UsageError(f"{option('method')} embed learns from labelled examples: give {option('examples')} FILE")
     return Job(items=items, labels=labels, examples=examples, settings=settings, evaluate=evaluate, k_fold=k_fold,
                holdout=holdout, input_path=path, examples_path=examples_path, template_path=template_path)
 
@@ -541,10 +545,11 @@ def evaluation_report(job: Job, result: Run) -> dict:
 def show_prompt(model: Model, job: Job, text: str | None = None) -> str:
     """The exact prompt for ``text`` (default: the first item), and what is scored after it."""
     if job.settings.method != "prompt":
-        raise UsageError("--show-prompt applies to the prompt method")
+        raise UsageError(f"{option('show_prompt')} applies to the prompt method")
     examples = list(job.examples)
     if job.k_fold is not None or job.holdout is not None:
-        raise UsageError("--show-prompt shows one prompt; with --k-fold or --holdout each fold has its own")
+        raise UsageError(f"{option('show_prompt')} shows one prompt; with {option('k_fold')} or {option('holdout')} "
+                         "each fold has its own")
     chosen = select_examples(examples, job.labels, max_examples=job.settings.max_examples, seed=job.settings.seed)
     chat = default_chat(model) if job.settings.chat is None else job.settings.chat
     prompt = FewShotPrompt(model, job.labels, chosen, template=job.settings.template,
@@ -653,7 +658,7 @@ def output_format(path: str | None, explicit: str | None) -> str:
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     raise UsageError(f"cannot tell the output format of '{path}' from its extension",
-                     hint="add --format csv or --format jsonl")
+                     hint=f"add {option('format')} csv or {option('format')} jsonl")
 
 
 def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None = None,
@@ -674,7 +679,8 @@ def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         return
     if header is not None:
-        raise UsageError("--json-header needs JSONL output; with CSV the manifest goes to <output>.meta.json")
+        raise UsageError(f"{option('json_header')} needs JSONL output; with CSV the manifest goes to "
+                         "<output>.meta.json")
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(["id", "label", "confidence"] + [f"p_{label}" for label in result.labels]
                     + (["gold"] if with_gold else []))

@@ -209,3 +209,19 @@ def test_a_hostile_chat_transcript_is_an_input_error(smollm2, tmp_path) -> None:
     with Model(smollm2, LoadOptions(n_ctx=256)) as model:
         with pytest.raises(InputFormatError, match="not a JSON transcript .nested too deeply"):
             chat.ChatSession(model, template=model.chat_template()).load(path)
+
+
+def test_core_messages_spell_parameters_as_the_callers_surface_does() -> None:
+    """Pure logic: the same check reads --abstain-below on the command line, 'abstain_below' in Python."""
+    from llmlocal import classify
+    from llmlocal.cli import _flag_name
+    from llmlocal.errors import UsageError, option_style
+
+    bad = classify.Settings(abstain_below=2.0)
+    with pytest.raises(UsageError, match=r"^'abstain_below' must be a probability in \[0, 1\]$"):
+        bad.validate()
+    with option_style(_flag_name), pytest.raises(UsageError, match=r"^--abstain-below must be a probability"):
+        bad.validate()
+    with pytest.raises(UsageError) as err:
+        classify.Settings(abstain_label="spam").validate(["spam", "ham"])
+    assert err.value.hint == "choose another with 'abstain_label'"

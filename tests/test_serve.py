@@ -260,6 +260,14 @@ def test_sampling_fields_follow_the_shared_rules(server, field, value, words):
     assert status == 400 and reply["error"]["param"] == field and words in reply["error"]["message"], reply
 
 
+def test_classify_errors_name_json_fields_not_the_servers_flags(server):
+    body = {"model": "smollm2-135m", "input": ["hi"], "method": "embed", "calibrate": True,
+            "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]}
+    status, reply = http(server, "POST", "/v1/classify", body)
+    assert status == 400 and reply["error"]["message"].startswith("'calibrate' applies to the prompt method")
+    assert "--" not in reply["error"]["message"]
+
+
 def test_unknown_and_not_installed_models_are_404s(client, server):
     with pytest.raises(openai.NotFoundError) as err:
         client.chat.completions.create(model="no-such-model", messages=CHAT)
