@@ -6,6 +6,7 @@ predict, evaluate (k-fold, hold-out) and write predictions with a manifest.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 from collections import Counter
@@ -30,7 +31,7 @@ Warn = Callable[[str], None]
 
 
 def _stderr_warning(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    logging.getLogger(__name__).warning("%s", message)  # the CLI shows it as a warning: line
 
 
 # ---------------------------------------------------------------- data

@@ -62,7 +62,10 @@ class _NoteHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "note" if record.levelno < logging.WARNING else "warning"
         try:
-            click.echo(f"{prefix}: {record.getMessage()}", err=True)
+            if record.name == "llmlocal.llama_cpp":  # --verbose: llama.cpp's lines as it wrote them
+                click.echo(record.getMessage(), err=True)
+            else:
+                click.echo(f"{prefix}: {record.getMessage()}", err=True)
         except Exception:  # a log line must never be what fails a command
             self.handleError(record)
 
@@ -917,6 +920,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
     hardware.check_threads(threads)
     options = PoolOptions(parallel=parallel, ctx=ctx, threads=threads, max_models=max_models, verbose=verbose)
     server.serve(list(models), host=host, port=port, api_key=api_key, options=options,
+                 on_note=lambda text: click.echo(text, err=True),
                  max_body=int(max_body_mb * 1024 * 1024), debug=_debug_enabled(), log_requests=log_requests)
 
 

@@ -10,6 +10,7 @@ sequences (``n_seq_max``), which batch decoding and classification use.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import random
 import sys
@@ -28,6 +29,7 @@ from .sampling import RANDOM_SEED, SamplingParams
 if TYPE_CHECKING:
     import numpy as np
 
+LLAMA_LOG = "llmlocal.llama_cpp"  # the logger llama.cpp's log lines go to with verbose on
 _init_lock = threading.Lock()
 _initialised = False
 _verbose = False
@@ -48,8 +50,8 @@ def _llama():
                 message = text.decode("utf-8", "replace")
                 if level == 3:  # GGML_LOG_LEVEL_ERROR: kept to explain a failed load
                     _recent_errors.append(message.strip())
-                if _verbose:
-                    sys.stderr.write(message)
+                if _verbose:  # llama.cpp's own words, shown as they are (the CLI adds no prefix)
+                    logging.getLogger(LLAMA_LOG).info("%s", message.rstrip("\n"))
 
             _log_callback = _on_log
             sys.unraisablehook = _redeliver_interrupts(sys.unraisablehook)

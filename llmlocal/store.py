@@ -20,10 +20,10 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, replace
@@ -47,8 +47,11 @@ from .errors import (
     StorePermissionError,
     UpstreamChangedError,
     UsageError,
+    option,
 )
 from .progress import ByteProgress, SilentProgress
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .gguf import GGUFInfo
@@ -263,7 +266,7 @@ def pull(spec: ModelSpec, *, progress: bool = True, offline: bool | None = None)
     try:
         lock.acquire(timeout=0.2)
     except Timeout:
-        print(f"waiting for another pull of {spec.name} to finish...", file=sys.stderr)
+        log.info("waiting for another pull of %s to finish...", spec.name)
         lock.acquire()
     try:
         existing = find_installed(spec)  # the other process may have finished it
@@ -376,7 +379,7 @@ def _finish(spec: ModelSpec, partial: Path, fh: _HashingFile, *, source: str, co
             os.replace(blob, partial)
         raise
     if not spec.sha256 and spec.repo:
-        print(f"{spec.name}: sha256 {actual} (not pinned; pass --sha256 {actual} to pin it)", file=sys.stderr)
+        log.info("%s: sha256 %s (not pinned; pass %s %s to pin it)", spec.name, actual, option("sha256"), actual)
     return inst
 
 
@@ -530,7 +533,7 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
                 # Say so: huggingface_hub's backoff (1, 2, 4, 8, 8 s) is otherwise 23 s of silence.
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 answer = f"answered {status}" if status else f"failed ({type(exc).__name__})"
-                print(f"{spec.name}: the Hub {answer}; retrying for up to 23 s", file=sys.stderr)
+                log.info("%s: the Hub %s; retrying for up to 23 s", spec.name, answer)
                 meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, retry_on_errors=True)
     except hf_errors as exc:
         raise _hub_error(spec, exc) from exc
@@ -548,7 +551,7 @@ def _download(spec: ModelSpec, *, progress: bool) -> PullResult:
     if size is not None:
         _check_space(size - have, paths.blobs_dir(), spec.name)
     if have:
-        print(f"resuming {spec.name} from {have:,} bytes", file=sys.stderr)
+        log.info("resuming %s from %s bytes", spec.name, f"{have:,}")
     with _disk_errors(spec.name, partial), open(partial, "ab") as raw, _quiet_hub_logs():
         fh = _HashingFile(raw, partial)
         try:

@@ -211,6 +211,7 @@ def test_a_damaged_middle_line_is_refused(tmp_path):
 # ---------------------------------------------------------------- whole jobs with the real model
 
 
+@pytest.mark.slow
 def test_full_job_one_line_per_input_line(reference):
     records = reference["records"]
     ids = [r["id"] for r in records]
@@ -242,6 +243,7 @@ def test_batch_text_equals_complete_for_each_prompt_kind(reference, model_arg):
         assert json.loads(result.stdout)["text"] == records[json.dumps(rid)]["text"], rid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["1", "4"])
 def test_parallel_1_and_4_agree_with_2(reference, model_arg, tmp_path, parallel):
     """One and four sequences per decode against two: count the lines whose text differs (rare)."""
@@ -255,6 +257,7 @@ def test_parallel_1_and_4_agree_with_2(reference, model_arg, tmp_path, parallel)
     assert len(differ) <= 2, differ  # measured: 0 of 50 here at -n 8, at -p 1 and -p 4
 
 
+@pytest.mark.slow
 def test_sigint_stops_cleanly_and_a_rerun_completes_the_job(reference, model_arg, tmp_path):
     job, out = write_job(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
     args = ["batch", str(job), "-o", str(out), *model_arg, *GREEDY, "-p", "2"]
@@ -274,6 +277,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes_the_job(reference, model_arg
     assert essence(read_output(out)) == essence(reference["records"])  # same lines, same order, each id once
 
 
+@pytest.mark.slow
 def test_sigkill_torn_line_is_cut_and_redone(reference, model_arg, tmp_path):
     job, out = write_job(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
     args = ["batch", str(job), "-o", str(out), *model_arg, *GREEDY, "-p", "2", "--unordered"]
@@ -299,6 +303,7 @@ def test_sigkill_torn_line_is_cut_and_redone(reference, model_arg, tmp_path):
     assert json.dumps(cut_id) in {json.dumps(r["id"]) for r in records[kept:]}  # redone, not kept torn
 
 
+@pytest.mark.slow
 def test_resume_adds_only_new_ids(model_arg, tmp_path):
     job, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     job.write_text('{"id": 1, "prompt": "Hi"}\n', encoding="utf-8")
@@ -311,6 +316,7 @@ def test_resume_adds_only_new_ids(model_arg, tmp_path):
     assert out.read_bytes().startswith(first) and [r["id"] for r in read_output(out)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_parameters_or_model_without_force(installed, tmp_path):
     job, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     job.write_text('{"id": 1, "prompt": "The sky is"}\n{"id": 2, "prompt": "Grass is"}\n', encoding="utf-8")
@@ -343,6 +349,7 @@ def test_output_without_sidecar_is_not_mixed_into(model_arg, tmp_path):
     assert result.exit_code == 1 and "no out.jsonl.meta.json" in result.stderr
 
 
+@pytest.mark.slow
 def test_stdin_plain_text(model_arg, tmp_path):
     out = tmp_path / "out.jsonl"
     proc = run_llmlocal("batch", "-", "-o", str(out), *model_arg, *GREEDY, "-s", SYSTEM,

@@ -145,6 +145,7 @@ def test_second_turn_reuses_the_cached_conversation(model: Model) -> None:
     assert stats.context_used == second.prompt_tokens + second.completion_tokens + 2  # + "<|im_end|>\n"
 
 
+@pytest.mark.slow
 def test_reply_with_reused_cache_matches_a_fresh_session(model: Model, smollm2: Path) -> None:
     """Prefix reuse changes what is evaluated, not the answer.
 
@@ -190,6 +191,7 @@ def test_interrupt_keeps_the_partial_reply_and_the_session_continues(model: Mode
     assert session.stats().turns == 2
 
 
+@pytest.mark.slow
 def test_context_budget_drops_oldest_turns_and_notes_it_once(smollm2: Path) -> None:
     notes: list[str] = []
     long = "Summarise this in one short sentence: " + "The river flows past the old mill and the green fields. " * 12
@@ -277,6 +279,7 @@ def test_base_model_without_template_refuses(installed: Path) -> None:
                              "(chatml, llama3, gemma, phi3, mistral)\n")
 
 
+@pytest.mark.slow
 def test_template_option_lets_a_base_model_chat(installed: Path) -> None:
     result = CliRunner().invoke(cli, ["chat", "-m", "gemma3-270m-base", "--template", "gemma", *GREEDY,
                                       "--max-tokens", "8"], input="Hi\n")
@@ -286,6 +289,7 @@ def test_template_option_lets_a_base_model_chat(installed: Path) -> None:
     assert unknown.exit_code == 2 and "unknown template 'zephyr'" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_piped_stdin_gives_one_reply_per_message_deterministically(installed: Path) -> None:
     lines = "Hi!\nWhat is the capital of France?\n"
     first, second = run_chat("--max-tokens", "48", input=lines), run_chat("--max-tokens", "48", input=lines)
@@ -312,6 +316,7 @@ def test_piped_stdin_runs_slash_commands_and_multiline_blocks(installed: Path, t
     assert data["params"]["max_tokens"] == 8
 
 
+@pytest.mark.slow
 def test_piped_long_turns_in_a_small_context_drop_old_turns_with_one_note(installed: Path) -> None:
     long = "Summarise this in one short sentence: " + "The river flows past the old mill and the green fields. " * 12
     script = "".join(f"{i}. {long}\n" for i in range(5)) + "/stats\n"
@@ -327,6 +332,7 @@ def test_piped_long_turns_in_a_small_context_drop_old_turns_with_one_note(instal
 # ---------------------------------------------------------------- the REPL in a real terminal
 
 
+@pytest.mark.slow
 def test_repl_turn_multiline_and_slash_commands(installed: Path) -> None:
     child = spawn_chat("--max-tokens", "48")
     reply = say(child, "Hi!")
@@ -352,6 +358,7 @@ def test_repl_turn_multiline_and_slash_commands(installed: Path) -> None:
     assert finish(child) == 0
 
 
+@pytest.mark.slow
 def test_repl_save_then_load_in_a_new_process_continues(installed: Path, tmp_path: Path) -> None:
     saved = tmp_path / "talk.json"
     child = spawn_chat("--max-tokens", "48", "--system", "You answer briefly.")
@@ -375,6 +382,7 @@ def test_repl_save_then_load_in_a_new_process_continues(installed: Path, tmp_pat
     assert second["system"] == "You answer briefly." and second["params"]["max_tokens"] == 48
 
 
+@pytest.mark.slow
 def test_repl_ctrl_c_stops_a_long_reply_and_keeps_it(installed: Path, tmp_path: Path) -> None:
     child = spawn_chat("--max-tokens", "2000")
     echo = "Write a very long story about a dragon and a knight, with many chapters.\r\n"
@@ -412,6 +420,7 @@ def test_repl_ctrl_c_clears_a_line_then_exits_at_an_empty_prompt(installed: Path
     assert child.exitstatus == 0
 
 
+@pytest.mark.slow
 def test_repl_ctrl_d_exits_zero_and_keeps_history(installed: Path) -> None:
     child = spawn_chat("--max-tokens", "8")
     say(child, "Hello there")

@@ -75,6 +75,7 @@ def run_stream(gen: Generator, tokens: list[int], params: SamplingParams) -> tup
 # ---------------------------------------------------------------- reproducibility and streaming
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", [["--temperature", "0"], ["--temperature", "0.8", "--seed", "1234"]],
                          ids=["greedy", "seeded"])
 def test_same_seed_same_text_across_processes(installed, sampling) -> None:
@@ -88,6 +89,7 @@ def test_same_seed_same_text_across_processes(installed, sampling) -> None:
         assert first["params"]["seed"] == second["params"]["seed"] == 1234
 
 
+@pytest.mark.slow
 def test_seed_changes_sampled_text(installed) -> None:
     # The control for the test above: if the seed were ignored (or sampling greedy), every seed
     # would give the same text and "same seed, same text" would prove nothing.
@@ -197,6 +199,7 @@ def test_base_model_without_raw_points_to_raw(installed) -> None:
 # ---------------------------------------------------------------- stop sequences
 
 
+@pytest.mark.slow
 def test_stop_cuts_before_the_stop_text(installed) -> None:
     full = invoke_json(SEA, "-n", "20", *GREEDY)["text"]
     words = full.split()

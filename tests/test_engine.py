@@ -59,6 +59,7 @@ def run_all(engine: Engine, requests: list[Request]) -> dict:
     return {req.tag: res for req, res in engine.run(requests)}
 
 
+@pytest.mark.slow
 def test_one_slot_equals_generator_exactly(smollm2: Path, single: Model):
     with Model(smollm2, LoadOptions(n_ctx=1024, n_seq_max=1)) as m:
         got = run_all(Engine(m), [Request(chat_tokens(m, t, s), GREEDY, tag=i) for i, (t, s) in enumerate(PROMPTS)])
@@ -68,6 +69,7 @@ def test_one_slot_equals_generator_exactly(smollm2: Path, single: Model):
             (ref.text, ref.finish_reason, ref.completion_tokens), text
 
 
+@pytest.mark.slow
 def test_seeded_sampling_per_sequence_matches_generator(smollm2: Path, single: Model):
     """Each sequence has its own sampler: temperature 0.9 with a seed gives what it gives alone."""
     params = [SamplingParams(temperature=0.9, seed=s, max_tokens=10) for s in (1, 2, 3)]
@@ -79,6 +81,7 @@ def test_seeded_sampling_per_sequence_matches_generator(smollm2: Path, single: M
     assert len({c.text for c in got.values()}) > 1  # different seeds, different stories
 
 
+@pytest.mark.slow
 def test_parallel_matches_generator_at_temperature_0(quad: Model, single: Model):
     """Four at a time: compare with one at a time, and record how many agree (most must)."""
     requests = [Request(chat_tokens(quad, t, s), GREEDY, tag=i) for i, (t, s) in enumerate(PROMPTS)]
@@ -143,6 +146,7 @@ def test_stop_sequences_and_max_tokens_are_per_sequence(quad: Model):
     assert long.startswith(stopped) or stopped.startswith(long)
 
 
+@pytest.mark.slow
 def test_prefix_sharing_copies_the_common_start_and_changes_nothing(smollm2: Path, single: Model):
     """Prompts with one system prompt: later ones copy its KV cells instead of evaluating them."""
     prompts = [(t, SYSTEM) for t, _ in PROMPTS]
@@ -170,6 +174,7 @@ def test_prefix_sharing_in_a_unified_kv_cache(smollm2: Path):
     assert all(got[i].finish_reason in ("stop", "length") and got[i].text for i in range(len(PROMPTS)))
 
 
+@pytest.mark.slow
 def test_a_sequence_stops_at_its_share_of_the_context(smollm2: Path):
     # llama.cpp pads each stream to 256 cells, so 4 sequences need n_ctx 1024 for 256 each.
     with Model(smollm2, LoadOptions(n_ctx=1024, n_seq_max=4, kv_unified=False)) as m:

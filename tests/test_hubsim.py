@@ -126,6 +126,7 @@ def test_a_new_commit_moves_the_branch_and_the_old_commit_still_serves_old_bytes
     assert metadata(hub, filename="README.md").commit_hash == new.commit != other.commit
 
 
+@pytest.mark.slow
 def test_dropped_connection_resumes_in_process_with_a_range(hub, tmp_path, big):
     hub.add_file(REPO, FILE, big)
     hub.set_fault(FILE, drop_after=12 * MiB, times=1)
@@ -137,6 +138,7 @@ def test_dropped_connection_resumes_in_process_with_a_range(hub, tmp_path, big):
     assert cdn_log(hub) == [(None, 200, 12 * MiB), (f"bytes={resumed_at}-", 206, len(big) - resumed_at)]
 
 
+@pytest.mark.slow
 def test_a_server_that_ignores_range_still_yields_the_right_bytes(hub, tmp_path, big):
     hub.add_file(REPO, FILE, big)
     hub.set_fault(FILE, drop_after=12 * MiB, times=1, ignore_range=True)
@@ -190,6 +192,7 @@ def test_refused_connection_raises_the_transport_error_from_metadata():
     assert type(raised.value).__name__ == "ConnectError"
 
 
+@pytest.mark.slow
 def test_hub_server_errors_recover_through_the_clients_retry(hub, tmp_path, big):
     hub.add_file(REPO, FILE, big)
     hub.set_fault(FILE, status=(500, 2))
@@ -219,6 +222,7 @@ def test_connection_reset_mid_body_is_not_retried(hub, tmp_path, big):
     assert len(cdn_log(hub)) == 1
 
 
+@pytest.mark.slow
 def test_short_body_fails_after_the_clients_retries_and_leaves_no_partial_file(hub, tmp_path):
     data = random.Random(1).randbytes(MiB)
     hub.add_file(REPO, FILE, data)

@@ -136,6 +136,7 @@ EXAMPLES = ("text,label\nWin a free prize now,spam\nSee you at lunch,ham\nClaim 
             "Running late sorry,ham\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", OFFLINE_COMMANDS)
 def test_installed_model_commands_make_no_connection(installed, tripwire, tmp_path, argv) -> None:
     if argv[0] not in commands():
@@ -153,6 +154,7 @@ def test_installed_model_commands_make_no_connection(installed, tripwire, tmp_pa
         assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_serve_makes_no_connection(installed, tripwire) -> None:
     """The server listens and answers; it never connects out, whatever its clients ask for."""
     import json

@@ -158,6 +158,7 @@ def _mutations(draw) -> list[tuple[bool, int, bytes]]:
     return edits
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(_mutations())
 def test_mutated_real_header_reads_or_raises_gguf_error(real_header, tmp_path_factory, edits) -> None:

@@ -172,6 +172,7 @@ def test_pull_installs_verified_blob_and_second_pull_makes_no_request(hub, home,
     assert hub.requests == []  # not even a HEAD
 
 
+@pytest.mark.slow
 def test_connection_dropped_once_is_resumed_in_process(hub, home, big):
     publish(hub, home, big)
     hub.set_fault(FILE, drop_after=12 * MiB + HALF, times=1)
@@ -199,6 +200,7 @@ def test_a_pull_talks_only_to_the_download_server(hub, home, small):
     assert [r.path for r in hub.requests if r.role == "hub" and "/resolve/" not in r.path] == []
 
 
+@pytest.mark.slow
 def test_hub_500_twice_is_retried(hub, home, small):
     publish(hub, home, small)
     hub.set_fault(FILE, status=(500, 2))
@@ -248,6 +250,7 @@ def test_unpinned_hf_reference_to_a_file_that_is_not_a_gguf_installs_nothing(hub
 # ------------------------------------------------------------------ transfer faults
 
 
+@pytest.mark.slow
 def test_connection_dropped_every_time_before_one_step_keeps_nothing_to_resume(hub, home, big):
     """Each try ends before the client's first 1 MiB write: 6 tries, an empty partial, and the
     next pull starts again from byte 0."""
@@ -269,6 +272,7 @@ def test_connection_dropped_every_time_before_one_step_keeps_nothing_to_resume(h
     assert_blob(home, big)
 
 
+@pytest.mark.slow
 def test_a_link_that_drops_every_4_mib_still_completes(hub, home, big):
     """With huggingface_hub's 10 MiB writes this pull could never finish: every try lost its
     bytes. With 1 MiB writes each try keeps 4 MiB and the next one resumes after them."""
@@ -284,6 +288,7 @@ def test_a_link_that_drops_every_4_mib_still_completes(hub, home, big):
     assert_blob(home, big)
 
 
+@pytest.mark.slow
 def test_reset_mid_body_keeps_the_partial_and_the_next_pull_resumes(hub, home, big):
     publish(hub, home, big)
     hub.throttle(16 * MiB)  # paced, so the client has read most of what was sent when the RST lands
@@ -312,6 +317,7 @@ def test_reset_mid_body_keeps_the_partial_and_the_next_pull_resumes(hub, home, b
     assert_blob(home, big)
 
 
+@pytest.mark.slow
 def test_short_body_every_time_keeps_the_partial_and_resumes_once_fixed(hub, home, big):
     publish(hub, home, big)
     hub.set_fault(FILE, short_body=12 * MiB + HALF)  # the CDN object is truncated at 12.5 MiB
@@ -332,6 +338,7 @@ def test_short_body_every_time_keeps_the_partial_and_resumes_once_fixed(hub, hom
     assert_blob(home, big)
 
 
+@pytest.mark.slow
 def test_ignored_range_on_resume_rewinds_the_partial_and_verifies(hub, home, big):
     publish(hub, home, big)
     hub.throttle(16 * MiB)
@@ -504,6 +511,7 @@ def size_of(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_pull_killed_midway_resumes_in_the_next_process(hub, home, tmp_path, procs, sig):
     data = random.Random(3).randbytes(20 * MiB)

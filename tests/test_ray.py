@@ -23,6 +23,9 @@ import pytest
 pytest.importorskip("ray.data")
 import psutil  # noqa: E402  (Ray's own dependency)
 
+# Real server processes and Ray clusters: the full suite only (pytest -m "not slow" skips them).
+pytestmark = pytest.mark.slow
+
 SAMPLE = Path(__file__).parent / "data" / "sms_sample.tsv"
 ITEMS = 200
 

@@ -116,6 +116,7 @@ def test_non_finite_and_out_of_range_numbers_are_usage_errors(option, value, wor
     assert_clean_error(result.stderr, re.escape(words))
 
 
+@pytest.mark.slow
 def test_seed_minus_one_is_random_and_the_seed_really_used_is_recorded(installed) -> None:
     runs = [json.loads(run_llmlocal("complete", "--json", "--seed", "-1", "-n", "6", "Tell me a story").stdout)
             for _ in range(2)]

@@ -26,6 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# Real server processes and Ray clusters: the full suite only (pytest -m "not slow" skips them).
+pytestmark = pytest.mark.slow
+
 openai = pytest.importorskip("openai")
 
 SAMPLE = Path(__file__).parent / "data" / "sms_sample.tsv"

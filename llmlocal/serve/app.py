@@ -16,9 +16,9 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import logging
 import signal
 import socket
-import sys
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,6 +50,8 @@ from ..errors import (
 from . import openai_format as oai
 from .engine_thread import Ticket
 from .pool import ModelPool, PoolOptions, Resident
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -476,7 +478,7 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
 
     from .. import runtime
 
-    note = on_note or (lambda text: print(text, file=sys.stderr, flush=True))
+    note = on_note or log.info
     options = options or PoolOptions()
     if len(models) > options.max_models:
         raise UsageError(f"{len(models)} models given but --max-models is {options.max_models}")
