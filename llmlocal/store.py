@@ -710,8 +710,3 @@ def _restore_manifest(name: str, before: Installed | None, sha256: str) -> None:
         path.unlink(missing_ok=True)
     _drop_blob_if_unused(sha256)
 
-
-def partial_bytes(spec: ModelSpec) -> int:
-    """Bytes of an interrupted pull waiting to be resumed (0 if none)."""
-    partial = paths.blobs_dir() / f"{_partial_key(spec)}.partial"
-    return partial.stat().st_size if partial.exists() else 0

@@ -118,12 +118,6 @@ def decoded_lines(fh: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
                                    line=number) from None
 
 
-def iter_rows(source: str | Path | IO[bytes] | None, *, format: str | None = None, header: bool = True,
-              name: str | None = None) -> Iterator[Row]:
-    """Stream the records of ``source`` (a path, ``"-"``/None for stdin, or a binary stream)."""
-    return _open(source, format=format, header=header, name=name)
-
-
 def read_table(source: str | Path | IO[bytes] | None, *, format: str | None = None, header: bool = True,
                name: str | None = None) -> Table:
     """Read every record of ``source`` into a :class:`Table` (columns known after the header)."""
