@@ -120,6 +120,7 @@ def read_items(source: str | Path | IO[bytes] | None, *, format: str | None = No
     table = tabular.read_table(source, format=format, header=header)
     if not table.rows:
         raise InputFormatError(table.name, "no rows to classify" if not labelled else "no labelled rows")
+    assert table.columns is not None  # known once a row has been read
     text_col = _column(table, text_column, "text", role="text")
     if text_col is None:
         text_col = table.columns[0]
@@ -413,7 +414,7 @@ def prepare(input_path: str | None, *, labels: Sequence[str] | None = None, exam
         except OSError as exc:
             raise InputFormatError(template_path, exc.strerror or "cannot be read") from None
         settings.template = Template.parse(text, name=template_path)
-    columns = {"format": format, "header": header, "text_column": text_column}
+    columns: dict[str, Any] = {"format": format, "header": header, "text_column": text_column}
     examples: list[Example] = []
     if examples_path is not None:
         examples = read_examples(examples_path, label_column=label_column, **columns)
@@ -464,6 +465,7 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Run:
             folds = stratified_folds(gold, job.k_fold, seed=settings.seed)
             splits = [(sorted(set(range(len(items))) - set(f)), f) for f in folds]
         else:
+            assert job.holdout is not None  # prepare() allows one of k_fold and holdout
             splits = [holdout_split(gold, job.holdout, seed=settings.seed)]
         pairs = [([pool[i] for i in train], test) for train, test in splits]
     else:

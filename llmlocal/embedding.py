@@ -47,7 +47,9 @@ def embed_texts(model: Model, texts: Sequence[str], *, normalize: bool = True,
             batch.append(i)
             total += len(tokenized[i])
             i += 1
-        toks, pos, seqs = [], [], []
+        toks: list[int] = []
+        pos: list[int] = []
+        seqs: list[int | Sequence[int]] = []
         for s, idx in enumerate(batch):
             toks += tokenized[idx]
             pos += range(len(tokenized[idx]))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -303,7 +303,7 @@ class Engine:
                 self._sample(slot, events)
         return events
 
-    def run(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Completion | BaseException]]:
+    def run(self, requests: Iterable[Request]) -> Generator[tuple[Request, Completion | BaseException], None, None]:
         """Run every request; yield (request, Completion or the error) in completion order.
 
         ``requests`` is read lazily, a little ahead of the free slots, so it may be a generator

@@ -185,7 +185,9 @@ class GatedModelError(LlmlocalError, PermissionError):
 
 
 class DiskSpaceError(LlmlocalError, OSError):
-    """Too little free space, or the disk filled during a write."""
+    """Too little free space, or the disk filled during a write (``path``: the file, if known)."""
+
+    path: str | None = None
 
 
 class StorePermissionError(LlmlocalError, PermissionError):

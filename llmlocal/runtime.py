@@ -268,8 +268,11 @@ class Model:
 
     def _live(self) -> None:
         if self._ctx is None:
-            raise ModelClosedError(f"{self.path.name} was closed; load it again to use it",
-                                   hint="keep the model open until every job using it has finished")
+            raise self._closed()
+
+    def _closed(self) -> ModelClosedError:
+        return ModelClosedError(f"{self.path.name} was closed; load it again to use it",
+                                hint="keep the model open until every job using it has finished")
 
     def __enter__(self) -> Model:
         return self
@@ -398,7 +401,7 @@ class Model:
         """The per-token hot path of generation: one token, logits on."""
         b = self._batch
         if b is None:
-            self._live()
+            raise self._closed()
         b.token[0] = token
         b.pos[0] = pos
         b.n_seq_id[0] = 1
