@@ -55,7 +55,8 @@ def main() -> int:
         o_pp = sum(r["pp_tps"] for r in ours) / 2
         o_tg = sum(r["tg_tps"] for r in ours) / 2
         rows.append((name, n_pp, o_pp, n_tg, o_tg))
-    print(f"{'model':<18} {'native pp512':>12} {'llmlocal':>9} {'ratio':>6}   {'native tg128':>12} {'llmlocal':>9} {'ratio':>6}")
+    print(f"{'model':<18} {'native pp512':>12} {'llmlocal':>9} {'ratio':>6}   "
+          f"{'native tg128':>12} {'llmlocal':>9} {'ratio':>6}")
     for name, n_pp, o_pp, n_tg, o_tg in rows:
         print(f"{name:<18} {n_pp:12.1f} {o_pp:9.1f} {o_pp / n_pp:6.3f}   {n_tg:12.1f} {o_tg:9.1f} {o_tg / n_tg:6.3f}")
     return 0

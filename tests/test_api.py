@@ -168,7 +168,7 @@ def test_one_stream_at_a_time(lm) -> None:
     it.close()
     assert lm.complete(SKY, temperature=0, max_tokens=4)
     # An abandoned stream does not leave the model busy, or its cache out of step.
-    for piece in lm.stream(SKY, temperature=0, max_tokens=8):
+    for _piece in lm.stream(SKY, temperature=0, max_tokens=8):
         break
     assert lm.complete(SKY, temperature=0, max_tokens=16) == lm.complete(SKY, temperature=0, max_tokens=16)
 

@@ -107,7 +107,8 @@ def reference(tmp_path_factory, model_arg) -> dict:
     out = d / "out.jsonl"
     proc = run_llmlocal("batch", str(write_job(d / "in.jsonl")), "-o", str(out), *model_arg, *GREEDY, "-p", "2")
     assert proc.returncode == 0, proc.stderr
-    return {"records": read_output(out), "stderr": proc.stderr, "meta": json.loads(Path(f"{out}.meta.json").read_text())}
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    return {"records": read_output(out), "stderr": proc.stderr, "meta": meta}
 
 
 # ---------------------------------------------------------------- input parsing (no model)

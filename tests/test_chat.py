@@ -222,7 +222,8 @@ def test_set_param_validates_and_returns_the_value(model: Model) -> None:
     assert session.set_param("seed", "random") is None and session.params.seed is None
     assert session.set_param("max_tokens", "64") == 64
     for name, value, message in [("temperature", "-1", "temperature must be >= 0"),
-                                 ("top_p", "2", "top_p must be in (0, 1]"), ("top_k", "1.5", "top_k must be an integer"),
+                                 ("top_p", "2", "top_p must be in (0, 1]"),
+                                 ("top_k", "1.5", "top_k must be an integer"),
                                  ("max_tokens", "0", "max_tokens must be at least 1"),
                                  ("min_p", "nan", "min_p must be a finite number"),
                                  ("colour", "red", "unknown parameter 'colour'")]:

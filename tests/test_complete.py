@@ -315,7 +315,8 @@ def test_non_gguf_file_is_a_clean_error(installed, tmp_path, monkeypatch) -> Non
 def test_context_too_large_for_ram(installed) -> None:
     result = invoke("complete", "--ctx", "100000000", "hi", "-n", "4")
     assert result.exit_code == 1
-    assert_clean_error(result.stderr, r"needs about [\d.]+ GiB at context 100000000 .* but only [\d.]+ GiB is available")
+    assert_clean_error(result.stderr,
+                       r"needs about [\d.]+ GiB at context 100000000 .* but only [\d.]+ GiB is available")
     assert "smaller --ctx" in result.stderr
 
 

@@ -210,7 +210,8 @@ def test_parallel_needs_the_sequences_in_the_context(single: Model):
 
 def test_cancel_frees_the_slot_for_the_next_request(quad: Model):
     engine = Engine(quad, 1)
-    first = engine.submit(Request(chat_tokens(quad, "Tell me a long story."), SamplingParams(temperature=0, max_tokens=200)))
+    first = engine.submit(Request(chat_tokens(quad, "Tell me a long story."),
+                                  SamplingParams(temperature=0, max_tokens=200)))
     second = engine.submit(Request(chat_tokens(quad, "Hi"), SamplingParams(temperature=0, max_tokens=4)))
     engine.step()
     engine.step()
@@ -227,7 +228,8 @@ def test_cancel_frees_the_slot_for_the_next_request(quad: Model):
 def test_ignore_eos_runs_to_max_tokens(quad: Model):
     toks = chat_tokens(quad, "Say only the word yes.")
     normal = run_all(Engine(quad), [Request(toks, SamplingParams(temperature=0, max_tokens=40), tag=0)])[0]
-    forced = run_all(Engine(quad, ignore_eos=True), [Request(toks, SamplingParams(temperature=0, max_tokens=40), tag=0)])[0]
+    forced = run_all(Engine(quad, ignore_eos=True),
+                     [Request(toks, SamplingParams(temperature=0, max_tokens=40), tag=0)])[0]
     assert normal.finish_reason == "stop" and normal.completion_tokens < 40
     assert forced.finish_reason == "length" and forced.completion_tokens == 40
 

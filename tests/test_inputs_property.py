@@ -128,7 +128,7 @@ def test_each_batch_line_is_an_item_or_an_error_record_naming_its_field(objs):
     finally:
         os.unlink(path)
     assert [item.line for item in items] == list(range(1, len(lines) + 1))
-    for item, (obj, huge) in zip(items, objs):
+    for item, (_obj, _huge) in zip(items, objs):
         if item.error is None:
             _check_valid(item)
             continue

@@ -390,7 +390,8 @@ def test_cdn_503_is_not_retried_and_leaves_only_an_empty_partial(hub, home, smal
     [
         ({"file": "missing.Q4_0.gguf"}, f"file missing.Q4_0.gguf not found in {REPO}@main", 404),
         ({"revision": "v9"}, f"revision 'v9' not found in {REPO}", 404),
-        ({"repo": "nobody/Nothing-GGUF"}, "repository nobody/Nothing-GGUF not found on the Hub (or it is private)", 401),
+        ({"repo": "nobody/Nothing-GGUF"},
+         "repository nobody/Nothing-GGUF not found on the Hub (or it is private)", 401),
     ],
     ids=["EntryNotFound", "RevisionNotFound", "RepoNotFound"],
 )
