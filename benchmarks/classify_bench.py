@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")  # as `llmlocal classify` does: batch-invariant kernels
 
-from llmlocal import classify, fewshot, loader  # noqa: E402
+from llmlocal import classify, loader  # noqa: E402
+from llmlocal.classify import fewshot  # noqa: E402
 
 CORPUS = Path("/work/shared/data/sms-spam-collection/SMSSpamCollection")
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "sms_sample.tsv"
@@ -40,7 +41,7 @@ def messages() -> list[classify.Example]:
                 label, text = line.rstrip("\n").split("\t", 1)
                 out.append(classify.Example(text, label, n))
         return out
-    items, _ = classify.read_items(SAMPLE, labelled=True)
+    items, _ = classify.read_texts(SAMPLE, labelled=True)
     return [classify.Example(i.text, i.label or "", i.line) for i in items]
 
 

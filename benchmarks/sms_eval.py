@@ -36,7 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")  # as `llmlocal classify` does: batch-invariant kernels
 
-from llmlocal import classify, embedding, fewshot, loader, metrics  # noqa: E402
+from llmlocal import classify, loader  # noqa: E402
+from llmlocal.classify import embedding, fewshot, metrics  # noqa: E402
 
 DATA = Path("/work/shared/data/sms-spam-collection/SMSSpamCollection")
 NOTES_INSTRUCTIONS = "Classify each SMS message as ham (legitimate) or spam."

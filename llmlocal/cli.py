@@ -744,7 +744,7 @@ def _classify(input_path: str | None, *, evaluate: str | None, kw: dict) -> None
     if result.report is None or output is not None:
         classify.write_outputs(job, result, meta, output=output, fmt=fmt, json_header=json_header)
     if result.report is not None:
-        from . import metrics
+        from .classify import metrics
 
         if as_json:
             _json_out({"model": model_name, "sha256": model_sha256, **result.report, "manifest": meta})
@@ -855,7 +855,7 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
     classify.check_output(output, inputs=[input])
     if input in (None, "-") and sys.stdin.isatty():
         raise UsageError("give an INPUT file, or pipe texts on stdin")
-    items, _ = classify.read_items(input, format=kw.pop("input_format"), header=not kw.pop("no_header"),
+    items, _ = classify.read_texts(input, format=kw.pop("input_format"), header=not kw.pop("no_header"),
                                    text_column=kw.pop("text_column"), id_column=kw.pop("id_column"))
     loaded = _load(kw, embeddings=True, n_seq_max=16)
     try:

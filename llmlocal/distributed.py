@@ -235,7 +235,7 @@ class ClassifyWorker:
 
 
 def run_classify(job: classify.Job, *, model: str | None, sha256: str | None, address: str, workers: int,
-                 threads: int, model_dir: str | None, batch_size: int = 64) -> tuple[classify.Run, str, str]:
+                 threads: int, model_dir: str | None, batch_size: int = 64) -> tuple[classify.ClassifyResult, str, str]:
     """Classify (and evaluate) ``job`` on Ray; returns the Run, the model's name and its SHA-256."""
     if job.k_fold is not None or job.holdout is not None:
         raise UsageError("--k-fold and --holdout run on one machine; drop --ray (or evaluate with --evaluate FILE)")
@@ -243,7 +243,7 @@ def run_classify(job: classify.Job, *, model: str | None, sha256: str | None, ad
     digest = spec.sha256 or atomic.sha256_file(store.model_file(spec))
     settings = job.settings
     chosen = classify.select_examples(job.examples, job.labels, max_examples=settings.max_examples, seed=settings.seed)
-    result = classify.Run(labels=list(job.labels), predictions=[], items=list(job.items),
+    result = classify.ClassifyResult(labels=list(job.labels), predictions=[], items=list(job.items),
                           examples_used=[[e.line for e in chosen]])
     if job.items:
         ray = _ray()

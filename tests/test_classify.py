@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from llmlocal import classify, embedding, fewshot, tabular
+from llmlocal import classify, tabular
+from llmlocal.classify import embedding, fewshot
 from llmlocal.cli import cli
 from llmlocal.errors import ContextOverflowError, InputFormatError, UsageError
 
@@ -82,12 +83,12 @@ def test_reads_csv_tsv_jsonl_and_lines_with_line_numbers(tmp_path):
 
 def test_read_items_defaults_first_column_and_line_number_ids(tmp_path):
     (tmp_path / "x.csv").write_text("message,other\nhello,1\nbye,2\n", encoding="utf-8")
-    items, _ = classify.read_items(tmp_path / "x.csv")
+    items, _ = classify.read_texts(tmp_path / "x.csv")
     assert [(i.id, i.text) for i in items] == [(2, "hello"), (3, "bye")]
-    items, _ = classify.read_items(tmp_path / "x.csv", text_column="other", id_column="message")
+    items, _ = classify.read_texts(tmp_path / "x.csv", text_column="other", id_column="message")
     assert [(i.id, i.text) for i in items] == [("hello", "1"), ("bye", "2")]
     (tmp_path / "y.tsv").write_text("spam\tWIN now\nham\thi mum\n", encoding="utf-8")
-    items, _ = classify.read_items(tmp_path / "y.tsv", header=False, text_column="2", label_column="1",
+    items, _ = classify.read_texts(tmp_path / "y.tsv", header=False, text_column="2", label_column="1",
                                    labelled=True)
     assert [(i.text, i.label) for i in items] == [("WIN now", "spam"), ("hi mum", "ham")]
 
@@ -112,7 +113,7 @@ def test_reader_errors_name_the_line(tmp_path):
 def test_bad_item_and_example_files(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
     with pytest.raises(InputFormatError, match="no rows to classify"):
-        classify.read_items(tmp_path / "empty.txt")
+        classify.read_texts(tmp_path / "empty.txt")
     (tmp_path / "nolabel.csv").write_text("text\nhello\n", encoding="utf-8")
     with pytest.raises(InputFormatError, match="no label column 'label'"):
         classify.read_examples(tmp_path / "nolabel.csv")
@@ -120,14 +121,14 @@ def test_bad_item_and_example_files(tmp_path):
     with pytest.raises(InputFormatError, match="no examples"):
         classify.read_examples(tmp_path / "header_only.csv")
     with pytest.raises(InputFormatError, match="no text column 'body'"):
-        classify.read_items(tmp_path / "nolabel.csv", text_column="body")
+        classify.read_texts(tmp_path / "nolabel.csv", text_column="body")
     (tmp_path / "blank.csv").write_text("text,label\nhello,\n", encoding="utf-8")
     with pytest.raises(InputFormatError, match="empty label") as err:
         classify.read_examples(tmp_path / "blank.csv")
     assert err.value.line == 2
     (tmp_path / "mixed.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n', encoding="utf-8")
     with pytest.raises(InputFormatError, match="no text column 'text' in this record") as err:
-        classify.read_items(tmp_path / "mixed.jsonl")
+        classify.read_texts(tmp_path / "mixed.jsonl")
     assert err.value.line == 2
 
 
@@ -211,8 +212,9 @@ def test_logistic_regression_reaches_the_optimum():
 _EQUIVALENCE_SCRIPT = r"""
 import json, os, sys
 import numpy as np
-from llmlocal import classify, fewshot, loader
-items, _ = classify.read_items(sys.argv[1], labelled=True)
+from llmlocal import classify, loader
+from llmlocal.classify import fewshot
+items, _ = classify.read_texts(sys.argv[1], labelled=True)
 examples = [classify.Example(i.text, i.label, i.line) for i in items[:20]]
 texts = [i.text for i in items[20:30]]
 out = {}

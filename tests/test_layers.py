@@ -13,10 +13,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "llmlocal"
 
 # Lower numbers are lower layers; a module may import its own layer and those below.
 LAYERS = {
-    0: {"errors", "paths", "config", "atomic", "hardware", "progress", "sampling", "tabular", "metrics"},  # plumbing
+    0: {"errors", "paths", "config", "atomic", "hardware", "progress", "sampling", "tabular"},  # plumbing
     1: {"catalog", "gguf", "store"},  # model files
     2: {"runtime", "loader", "generate", "decoding", "engine"},  # inference
-    3: {"chat", "batch", "bench", "classify", "fewshot", "embedding", "distributed", "documents"},  # tasks
+    3: {"chat", "batch", "bench", "classify", "distributed", "documents"},  # tasks
     4: {"serve"},  # serving
     5: {"api", "cli", "repl", "__init__", "__main__"},  # front ends
 }

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from llmlocal import metrics
+from llmlocal.classify import metrics
 
 # Ten items, three labels. Gold and predicted, position by position:
 GOLD = ["cat", "cat", "cat", "cat", "dog", "dog", "dog", "bird", "bird", "bird"]

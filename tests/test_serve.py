@@ -168,7 +168,8 @@ def test_a_second_model_loads_on_demand_and_a_base_model_has_no_chat(client, ser
 
 
 def test_embeddings_equal_the_embed_command(client, installed):
-    from llmlocal import embedding, loader
+    from llmlocal import loader
+    from llmlocal.classify import embedding
 
     texts = ["I will be home soon", "WINNER! Claim your free prize now"]
     r = client.embeddings.create(model="smollm2-135m", input=texts)  # the client asks for base64

@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .. import catalog, chat, classify, embedding, engine, loader, store
+from .. import catalog, chat, classify, engine, loader, store
 from ..catalog import ModelSpec
+from ..classify import embedding
 from ..errors import BusyError, UnknownModelError, UsageError
 from .engine_thread import GenerationWorker
 

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ContextOverflowError, UsageError, option
-from .runtime import BATCH_INVARIANT_MAX_TOKENS  # runtime imports llama_cpp only when a model loads
+from ..errors import ContextOverflowError, UsageError, option
+from ..runtime import BATCH_INVARIANT_MAX_TOKENS  # runtime imports llama_cpp only when a model loads
 
 if TYPE_CHECKING:
-    from .classify import Example
-    from .runtime import Model
+    from ..runtime import Model
+    from .types import Example
 
 DEFAULT_TEMPLATE = "{instructions}\n\nText: {text}\nLabel: {label}\n"
 DEFAULT_INSTRUCTIONS = "Classify each text as one of: {labels}."

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ContextOverflowError, UsageError, option
+from ..errors import ContextOverflowError, UsageError, option
 from .fewshot import Progress, softmax
 
 if TYPE_CHECKING:
-    from .classify import Example
-    from .runtime import Model
+    from ..runtime import Model
+    from .types import Example
 
 # Nearest-centroid probabilities: softmax(scale * cosine). Mean-pooled LM embeddings are all alike
 # (cosines 0.7-0.9); between one spam and one ham example an SMS message's two cosines differ by

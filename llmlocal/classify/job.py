@@ -17,13 +17,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import tabular
+from .. import tabular
+from ..errors import ContextOverflowError, InputFormatError, UsageError, option
 from .embedding import EmbeddingClassifier
-from .errors import ContextOverflowError, InputFormatError, UsageError, option
 from .fewshot import FewShotPrompt, Progress, PromptClassifier, Template
+from .types import Example, Item, Prediction
 
 if TYPE_CHECKING:
-    from .runtime import Model
+    from ..runtime import Model
 
 METHODS = ("prompt", "embed")
 
@@ -34,39 +35,7 @@ def _stderr_warning(message: str) -> None:
     logging.getLogger(__name__).warning("%s", message)  # the CLI shows it as a warning: line
 
 
-# ---------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Example:
-    """A labelled text (``line``: where it came from, for messages and the manifest)."""
-
-    text: str
-    label: str
-    line: int | None = None
-
-
-@dataclass(frozen=True)
-class Item:
-    """A text to classify; ``label`` is its gold label when it comes from a labelled file."""
-
-    id: Any
-    text: str
-    line: int | None = None
-    label: str | None = None
-
-
-@dataclass
-class Prediction:
-    id: Any
-    label: str  # the answer: a label, or the abstain label
-    confidence: float  # probability of the most probable label
-    probabilities: dict[str, float]
-    top: str  # the most probable label, even when abstaining
-
-    def as_dict(self) -> dict:
-        return {"id": self.id, "label": self.label, "confidence": self.confidence,
-                "probabilities": self.probabilities}
+# ---------------------------------------------------------------- reading
 
 
 def parse_labels(spec: str) -> list[str]:
@@ -108,7 +77,7 @@ def _text_value(table: tabular.Table, row: tabular.Row, column: str, role: str) 
                            line=row.line)
 
 
-def read_items(source: str | Path | IO[bytes] | None, *, format: str | None = None, header: bool = True,
+def read_texts(source: str | Path | IO[bytes] | None, *, format: str | None = None, header: bool = True,
                text_column: str | None = None, id_column: str | None = None,
                label_column: str | None = None, labelled: bool = False) -> tuple[list[Item], tabular.Table]:
     """Items to classify (with gold labels when ``labelled``), in input order.
@@ -154,7 +123,7 @@ def read_examples(source: str | Path | IO[bytes], *, format: str | None = None, 
                   text_column: str | None = None, label_column: str | None = None) -> list[Example]:
     """Labelled examples (columns ``text`` and ``label`` unless named otherwise)."""
     try:
-        items, table = read_items(source, format=format, header=header, text_column=text_column,
+        items, table = read_texts(source, format=format, header=header, text_column=text_column,
                                   label_column=label_column, labelled=True)
     except InputFormatError as exc:
         if exc.problem == "no labelled rows":
@@ -419,7 +388,7 @@ def prepare(input_path: str | None, *, labels: Sequence[str] | None = None, exam
     if examples_path is not None:
         examples = read_examples(examples_path, label_column=label_column, **columns)
     path = None if input_path in (None, "-") else str(input_path)
-    items, table = read_items(path, id_column=id_column, label_column=label_column, labelled=evaluate, **columns)
+    items, table = read_texts(path, id_column=id_column, label_column=label_column, labelled=evaluate, **columns)
     if k_fold is not None or holdout is not None:
         pool = [Example(text=i.text, label=i.label or "", line=i.line) for i in items]
         labels = resolve_labels(labels, pool, name=table.name, warn=warn)
@@ -438,7 +407,7 @@ def prepare(input_path: str | None, *, labels: Sequence[str] | None = None, exam
 
 
 @dataclass
-class Run:
+class ClassifyResult:
     """The outcome of classifying (and maybe evaluating): predictions in input order and provenance."""
 
     labels: list[str]
@@ -450,14 +419,14 @@ class Run:
     evaluated_tokens: int = 0
 
 
-def run(model: Model, job: Job, *, progress: Progress | None = None) -> Run:
+def run(model: Model, job: Job, *, progress: Progress | None = None) -> ClassifyResult:
     """Classify the job's items and, if it evaluates, score the predictions against their gold labels.
 
     With ``k_fold`` or ``holdout`` the examples come from the items themselves (the other folds,
     or the part not held out), so no prediction is made with its own row among the examples.
     """
     items, labels, settings = job.items, job.labels, job.settings
-    result = Run(labels=list(labels), predictions=[], items=[])
+    result = ClassifyResult(labels=list(labels), predictions=[], items=[])
     if job.k_fold is not None or job.holdout is not None:
         pool = [Example(text=i.text, label=i.label or "", line=i.line) for i in items]
         gold = [e.label for e in pool]
@@ -528,7 +497,7 @@ def embed_items(model: Model, items: Sequence[Item], *, normalize: bool = True,
         raise _named(exc, [item_name(i, source) for i in items]) from None
 
 
-def evaluation_report(job: Job, result: Run) -> dict:
+def evaluation_report(job: Job, result: ClassifyResult) -> dict:
     """Accuracy, macro-F1, confusion and calibration of ``result``'s predictions against gold labels."""
     from . import metrics
 
@@ -578,15 +547,15 @@ def sha256_text_source(path: str | Path | None) -> str | None:
     """SHA-256 of an input file (None for stdin)."""
     if path is None or str(path) == "-":
         return None
-    from .atomic import sha256_file
+    from ..atomic import sha256_file
 
     return sha256_file(path)
 
 
-def manifest(job: Job, result: Run, *, model_name: str, model_sha256: str | None) -> dict:
+def manifest(job: Job, result: ClassifyResult, *, model_name: str, model_sha256: str | None) -> dict:
     """Provenance of a run: enough to reproduce it and to know what produced each number."""
-    from . import __version__
-    from .runtime import llama_cpp_version
+    from .. import __version__
+    from ..runtime import llama_cpp_version
 
     settings = job.settings
     out = {
@@ -617,16 +586,16 @@ def check_output(path: str | None, *, inputs: Sequence[str | None] = ()) -> None
     """Refuse, before any work, an output file that could not be written or that is one of
     ``inputs`` (stdout is always fine)."""
     if path is not None and path != "-":
-        from .atomic import check_not_an_input, check_writable
+        from ..atomic import check_not_an_input, check_writable
 
         check_writable(path)
         check_not_an_input(path, inputs)
 
 
-def write_outputs(job: Job, result: Run, meta: dict, *, output: str | None, fmt: str,
+def write_outputs(job: Job, result: ClassifyResult, meta: dict, *, output: str | None, fmt: str,
                   json_header: bool = False, stdout: IO[str] | None = None) -> None:
     """Predictions to ``output`` (atomically, with ``<output>.meta.json``) or to ``stdout``."""
-    from .atomic import replace_together, write_failure
+    from ..atomic import replace_together, write_failure
 
     header = meta if json_header else None
     if output is None or output == "-":
@@ -664,7 +633,7 @@ def output_format(path: str | None, explicit: str | None) -> str:
                      hint=f"add {option('format')} csv or {option('format')} jsonl")
 
 
-def write_predictions(fh: IO[str], result: Run, fmt: str, *, header: dict | None = None,
+def write_predictions(fh: IO[str], result: ClassifyResult, fmt: str, *, header: dict | None = None,
                       with_gold: bool = False) -> None:
     """CSV (id, label, confidence, p_<label>...) or JSONL (probabilities as an object), input order.
 
@@ -697,8 +666,8 @@ def embed_manifest(items: Sequence[Item], vectors: np.ndarray, *, model_name: st
                    input_path: str | None, normalized: bool, pooling: str) -> dict:
     """Provenance of ``llmlocal embed``: the model (vectors of two models are not comparable) and
     the item ids, which a ``.npy`` matrix cannot hold (row i is ``ids[i]``)."""
-    from . import __version__
-    from .runtime import llama_cpp_version
+    from .. import __version__
+    from ..runtime import llama_cpp_version
 
     path = None if input_path in (None, "-") else input_path
     return {"llmlocal_version": __version__, "llama_cpp_python_version": llama_cpp_version(),
@@ -716,7 +685,7 @@ def write_embeddings(items: Sequence[Item], vectors: np.ndarray, *, output: str 
     With ``output`` and ``meta``, ``<output>.meta.json`` is written beside it, with the output's
     SHA-256; the two are published together, as classify's predictions and manifest are.
     """
-    from .atomic import replace_together, write_failure
+    from ..atomic import replace_together, write_failure
 
     def lines(fh: IO[str]) -> None:
         for item, vec in zip(items, vectors):
