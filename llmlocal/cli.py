@@ -411,8 +411,9 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
     params = _sampling(kw)
     loaded = _load(kw)
     try:
-        tokens, dropped = generate.prompt_tokens(loaded.model, text, raw=raw, system=system,
-                                                 max_tokens=params.max_tokens, truncate=truncate)
+        tokens, dropped = generate.prompt_tokens(
+            loaded.model, text, raw=raw, system=system, max_tokens=params.max_tokens, truncate=truncate,
+            overflow_hint="shorten the prompt, raise --ctx, or pass --truncate to drop the start")
         if dropped:
             click.echo(f"note: prompt truncated: dropped the first {dropped} tokens to fit the "
                        f"{loaded.model.n_ctx}-token context", err=True)

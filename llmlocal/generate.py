@@ -155,7 +155,7 @@ def tokenize_prompt(model: Model, prompt: str, *, raw: bool) -> list[int]:
 
 def prompt_tokens(model: Model, prompt: str | Sequence[dict], *, raw: bool = False, system: str | None = None,
                   template: str | None = None, max_tokens: int = 0, truncate: bool = False,
-                  n_ctx: int | None = None) -> tuple[list[int], int]:
+                  n_ctx: int | None = None, overflow_hint: str | None = None) -> tuple[list[int], int]:
     """The tokens the model sees for ``prompt``, checked against the context: the one way every
     surface builds a prompt.
 
@@ -163,7 +163,8 @@ def prompt_tokens(model: Model, prompt: str | Sequence[dict], *, raw: bool = Fal
     chat messages; ``system`` goes first unless the messages have their own. A prompt that does
     not fit ``n_ctx`` (default: the model's context) raises ContextOverflowError, or, for a text
     with ``truncate``, loses the start of the text (never the template or the system prompt),
-    leaving room for min(max_tokens, n_ctx/2) new tokens. Returns (tokens, tokens dropped).
+    leaving room for min(max_tokens, n_ctx/2) new tokens. ``overflow_hint`` is the overflow's
+    next step, from a caller that knows which options its user has. Returns (tokens, tokens dropped).
     """
     n_ctx = n_ctx or model.n_ctx
     if not isinstance(prompt, str):
@@ -172,19 +173,19 @@ def prompt_tokens(model: Model, prompt: str | Sequence[dict], *, raw: bool = Fal
             messages = [{"role": "system", "content": system}, *messages]
         tokens = tokenize_prompt(model, model.render_chat(messages, template=template), raw=False)
         if len(tokens) >= n_ctx:
-            raise ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + 1)
+            raise ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + 1, hint=overflow_hint)
         return tokens, 0
     tokens = tokenize_prompt(model, build_prompt(model, prompt, raw=raw, system=system, template=template), raw=raw)
     if len(tokens) < n_ctx:
         return tokens, 0
     if not truncate:
-        raise ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + 1)
+        raise ContextOverflowError(len(tokens), n_ctx, needed=len(tokens) + 1, hint=overflow_hint)
     budget = n_ctx - max(1, min(max_tokens, n_ctx // 2))
     body = model.tokenize(prompt, add_special=False, parse_special=False)
     overhead = len(tokens) - len(body)
     keep = budget - overhead
     if keep <= 0:
-        raise ContextOverflowError(overhead, n_ctx)
+        raise ContextOverflowError(overhead, n_ctx, hint=overflow_hint)
     dropped = len(body) - keep
     shortened = model.detokenize(body[dropped:])
     tokens = tokenize_prompt(model, build_prompt(model, shortened, raw=raw, system=system, template=template), raw=raw)
