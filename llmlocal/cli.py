@@ -6,6 +6,8 @@ step, exit 1 (2 for usage errors), and a traceback only with ``--debug`` / ``LLM
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import json
 import logging
@@ -312,64 +314,126 @@ def import_cmd(path: str, name: str, template: str | None, force: bool) -> None:
 # ---------------------------------------------------------------- running models
 
 
-def model_options(f):
-    """-m/--ctx/--threads/--verbose, shared by every command that loads a model."""
-    f = click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines.")(f)
-    f = click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores).")(f)
-    f = click.option("--ctx", type=int, help="Context size in tokens (default: the catalogue's, capped to RAM).")(f)
-    f = click.option("--sha256", help="Pin an hf: reference to this SHA-256.")(f)
-    f = click.option("--model", "-m", help="Model: catalogue name, .gguf path or hf: reference "
-                     "(default: $LLMLOCAL_MODEL, else smollm2-135m).")(f)
-    return f
+def _group(cls: type, param: str, options: list):
+    """Click ``options`` whose values reach the command as one ``cls`` instance, argument ``param``.
+
+    Each option's destination is a field of ``cls``, so a command takes one typed object per
+    group instead of popping a dozen keys out of ``**kw`` in the right order.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(*args, **kw):
+            kw[param] = cls(**{name: kw.pop(name) for name in names})
+            return command(*args, **kw)
+
+        for option in reversed(options):
+            run = option(run)
+        return run
+
+    return decorate
 
 
-def ray_options(f):
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """-m/--sha256/--ctx/--threads/--verbose: which model, and how to load it."""
+
+    model: str | None
+    sha256: str | None
+    ctx: int | None
+    threads: int | None
+    verbose: bool
+
+    def load(self, **extra):
+        from . import loader
+
+        extra.setdefault("ctx", self.ctx)
+        return loader.load(self.model, sha256=self.sha256, threads=self.threads, verbose=self.verbose, **extra)
+
+
+model_options = _group(ModelOptions, "model_opts", [
+    click.option("--model", "-m", help="Model: catalogue name, .gguf path or hf: reference "
+                 "(default: $LLMLOCAL_MODEL, else smollm2-135m)."),
+    click.option("--sha256", help="Pin an hf: reference to this SHA-256."),
+    click.option("--ctx", type=int, help="Context size in tokens (default: the catalogue's, capped to RAM)."),
+    click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores)."),
+    click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines."),
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
     """--ray/--workers/--model-dir: run the job on a Ray cluster (llmlocal[ray])."""
-    f = click.option("--model-dir", metavar="DIR",
-                     help="With --ray: the llmlocal home each worker keeps models in (a shared path); "
-                     "default: each worker's own.")(f)
-    f = click.option("--workers", type=int, default=2, show_default=True,
-                     help="With --ray: model-loading actors, each with --threads CPUs [default threads: 1].")(f)
-    f = click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-                     help="Run on Ray: alone, a local Ray instance; or `auto` / ray://HOST:10001 for a "
-                     "cluster. Put it after INPUT.")(f)
-    return f
+
+    ray_address: str | None
+    workers: int
+    model_dir: str | None
+
+    def threads(self, threads: int | None) -> int:
+        """Each actor's CPUs: --threads, default 1."""
+        if self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if threads is not None and threads < 1:
+            raise UsageError("--threads must be at least 1")
+        return threads or 1
+
+    def check_local(self) -> None:
+        """Without --ray, the Ray-only options must not be given."""
+        if self.workers != 2 or self.model_dir is not None:
+            raise UsageError("--workers and --model-dir apply with --ray")
 
 
-def sampling_options(f):
-    """The sampling knobs, shared by complete and chat (None: the runtime's default)."""
-    opts = [
-        click.option("--stop", multiple=True, help="Stop when this text appears (repeatable)."),
-        click.option("--max-tokens", "-n", type=int, help="Most tokens to generate [default: 512]."),
-        click.option("--seed", type=int, help="Random seed (recorded in --json output)."),
-        click.option("--repeat-penalty", type=float, help="Penalty for repeated tokens; 1.0 disables [1.1]."),
-        click.option("--min-p", type=float, help="Min-p sampling [0.05]."),
-        click.option("--top-k", type=int, help="Top-k sampling; 0 disables [40]."),
-        click.option("--top-p", type=float, help="Nucleus sampling [0.95]."),
-        click.option("--temperature", "--temp", type=float, help="0 is greedy and deterministic [0.8]."),
-    ]
-    for opt in opts:
-        f = opt(f)
-    return f
+ray_options = _group(RayOptions, "ray_opts", [
+    click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                 help="Run on Ray: alone, a local Ray instance; or `auto` / ray://HOST:10001 for a "
+                 "cluster. Put it after INPUT."),
+    click.option("--workers", type=int, default=2, show_default=True,
+                 help="With --ray: model-loading actors, each with --threads CPUs [default threads: 1]."),
+    click.option("--model-dir", metavar="DIR",
+                 help="With --ray: the llmlocal home each worker keeps models in (a shared path); "
+                 "default: each worker's own."),
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """The sampling knobs as given (None: not given, so the default, or a resumed job's, holds)."""
+
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    repeat_penalty: float | None
+    seed: int | None
+    max_tokens: int | None
+    stop: tuple[str, ...]
+
+    def given(self, **defaults) -> dict:
+        values = {**dataclasses.asdict(self), "stop": self.stop or None}
+        return {k: (v if v is not None else defaults.get(k)) for k, v in values.items()}
+
+    def params(self, **defaults):
+        """Checked parameters with a concrete seed (the rules: llmlocal.sampling)."""
+        from .sampling import SamplingParams
+
+        return SamplingParams.from_mapping(self.given(**defaults)).resolved()
+
+
+sampling_options = _group(SamplingOptions, "sampling_opts", [
+    click.option("--temperature", "--temp", type=float, help="0 is greedy and deterministic [0.8]."),
+    click.option("--top-p", type=float, help="Nucleus sampling [0.95]."),
+    click.option("--top-k", type=int, help="Top-k sampling; 0 disables [40]."),
+    click.option("--min-p", type=float, help="Min-p sampling [0.05]."),
+    click.option("--repeat-penalty", type=float, help="Penalty for repeated tokens; 1.0 disables [1.1]."),
+    click.option("--seed", type=int, help="Random seed; -1 picks one (the seed used is recorded in --json output)."),
+    click.option("--max-tokens", "-n", type=int, help="Most tokens to generate [default: 512]."),
+    click.option("--stop", multiple=True, help="Stop when this text appears (repeatable)."),
+])
 
 
 def _flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
-
-
-def _sampling(kw: dict):
-    from .sampling import FIELDS, SamplingParams
-
-    given = {k: kw.pop(k) for k in list(kw) if k in FIELDS}
-    given["stop"] = given.get("stop") or None
-    return SamplingParams.from_mapping(given).resolved()
-
-
-def _load(kw: dict, **extra):
-    from . import loader
-
-    return loader.load(kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
-                       threads=kw.pop("threads"), verbose=kw.pop("verbose"), **extra)
 
 
 def _read_prompt(prompt: str | None) -> str:
@@ -396,7 +460,8 @@ def _read_prompt(prompt: str | None) -> str:
 @click.option("--raw", is_flag=True, help="Send the text as-is, with no chat template (base models).")
 @click.option("--truncate", is_flag=True, help="Drop the start of a prompt too long for the context.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, usage, timings, params.")
-def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bool, as_json: bool, **kw) -> None:
+def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bool, as_json: bool,
+                 model_opts: ModelOptions, sampling_opts: SamplingOptions) -> None:
     """Complete one prompt, streaming tokens to stdout.
 
     \b
@@ -408,8 +473,8 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
     from . import generate
 
     text = _read_prompt(prompt)
-    params = _sampling(kw)
-    loaded = _load(kw)
+    params = sampling_opts.params()
+    loaded = model_opts.load()
     try:
         tokens, dropped = generate.prompt_tokens(
             loaded.model, text, raw=raw, system=system, max_tokens=params.max_tokens, truncate=truncate,
@@ -443,7 +508,8 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
 @click.option("--system", "-s", help="System prompt (also /system in the chat).")
 @click.option("--template", metavar="NAME",
               help="Chat template family to use instead of the model's: chatml, llama3, gemma, phi3, mistral.")
-def chat_cmd(system: str | None, template: str | None, **kw) -> None:
+def chat_cmd(system: str | None, template: str | None, model_opts: ModelOptions,
+             sampling_opts: SamplingOptions) -> None:
     """Chat with a model: streamed replies, line editing and history, /help for commands.
 
     Replies are at most 1024 tokens unless --max-tokens says otherwise. With stdin not a
@@ -457,10 +523,8 @@ def chat_cmd(system: str | None, template: str | None, **kw) -> None:
     """
     from . import chat, repl
 
-    if kw.get("max_tokens") is None:
-        kw["max_tokens"] = chat.DEFAULT_MAX_TOKENS
-    params = _sampling(kw)
-    loaded = _load(kw)
+    params = sampling_opts.params(max_tokens=chat.DEFAULT_MAX_TOKENS)
+    loaded = model_opts.load()
     try:
         chosen = chat.choose_template(loaded.name, gguf_template=loaded.model.chat_template(),
                                       family=loaded.spec.template, override=template)
@@ -481,7 +545,7 @@ def chat_cmd(system: str | None, template: str | None, **kw) -> None:
 @click.option("--gen-tokens", "-g", default=128, show_default=True, help="Tokens generated for tg.")
 @click.option("--reps", "-r", default=3, show_default=True, help="Repetitions (after one warm-up).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, **kw) -> None:
+def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, model_opts: ModelOptions) -> None:
     """Measure load time, prompt and generation tokens/s and peak RSS (like llama-bench pp512/tg128).
 
     \b
@@ -495,8 +559,7 @@ def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, **k
 
     if reps < 1 or prompt_tokens < 1 or gen_tokens < 1:
         raise UsageError("--reps, --prompt-tokens and --gen-tokens must be positive")
-    kw["ctx"] = kw["ctx"] or prompt_tokens + gen_tokens + 16
-    loaded = _load(kw, n_batch=prompt_tokens)
+    loaded = model_opts.load(ctx=model_opts.ctx or prompt_tokens + gen_tokens + 16, n_batch=prompt_tokens)
     try:
         result = bench.run(loaded, n_prompt=prompt_tokens, n_gen=gen_tokens, reps=reps)
     finally:
@@ -509,19 +572,6 @@ def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, **k
     click.echo(f"pp{prompt_tokens:<8} {result.pp_tps:8.1f} tok/s  (sd {result.pp_sd:.1f})")
     click.echo(f"tg{gen_tokens:<8} {result.tg_tps:8.1f} tok/s  (sd {result.tg_sd:.1f})")
     click.echo(f"peak RSS   {human_bytes(result.peak_rss_bytes)}")
-
-
-def _ray_threads(threads: int | None, workers: int) -> int:
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
-    if threads is not None and threads < 1:
-        raise UsageError("--threads must be at least 1")
-    return threads or 1
-
-
-def _no_ray_options(workers: int, model_dir: str | None) -> None:
-    if workers != 2 or model_dir is not None:
-        raise UsageError("--workers and --model-dir apply with --ray")
 
 
 @cli.command("batch")
@@ -544,8 +594,8 @@ def _no_ray_options(workers: int, model_dir: str | None) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
 @ray_options
 def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: int | None, ordered: bool,
-              input_format: str, force: bool, quiet: bool, ray_address: str | None, workers: int,
-              model_dir: str | None, **kw) -> None:
+              input_format: str, force: bool, quiet: bool, model_opts: ModelOptions, sampling_opts: SamplingOptions,
+              ray_opts: RayOptions) -> None:
     """Run every prompt in INPUT (a file, or - for stdin), several at a time, into a JSONL file.
 
     INPUT is JSON Lines, {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]} with
@@ -571,30 +621,28 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
 
     from . import batch
 
-    sampling = {k: kw.pop(k) for k in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed",
-                                        "max_tokens")}
-    sampling["stop"] = kw.pop("stop") or None
+    sampling = sampling_opts.given()
+    m = model_opts
     # SIGTERM (kill, systemd, timeout) stops as cleanly as Ctrl-C: finished lines stay, resumable.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         parallel = batch.DEFAULT_PARALLEL if parallel is None else parallel
-        if ray_address is not None:
+        if ray_opts.ray_address is not None:
             from . import distributed
 
-            address = distributed.check_address(ray_address)
-            threads = _ray_threads(kw.pop("threads"), workers)
-            plan = batch.plan_job(input, output, model=kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
-                                  parallel=parallel, sampling=sampling, system=system, raw=raw, force=force,
+            address = distributed.check_address(ray_opts.ray_address)
+            threads = ray_opts.threads(m.threads)
+            plan = batch.plan_job(input, output, model=m.model, sha256=m.sha256, ctx=m.ctx, parallel=parallel,
+                                  sampling=sampling, system=system, raw=raw, force=force,
                                   input_format=input_format, local_file=False)
-            summary = distributed.run_batch(plan, address=address, workers=workers, threads=threads,
-                                            model_dir=model_dir, ordered=ordered, progress=not quiet)
+            summary = distributed.run_batch(plan, address=address, workers=ray_opts.workers, threads=threads,
+                                            model_dir=ray_opts.model_dir, ordered=ordered, progress=not quiet)
         else:
-            _no_ray_options(workers, model_dir)
+            ray_opts.check_local()
             summary = batch.run_job(
-                input, output, model=kw.pop("model"), sha256=kw.pop("sha256"), ctx=kw.pop("ctx"),
-                threads=kw.pop("threads"), verbose=kw.pop("verbose"), parallel=parallel, sampling=sampling,
-                system=system, raw=raw, ordered=ordered, force=force, progress=not quiet,
-                input_format=input_format)
+                input, output, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=m.threads, verbose=m.verbose,
+                parallel=parallel, sampling=sampling, system=system, raw=raw, ordered=ordered, force=force,
+                progress=not quiet, input_format=input_format)
     except batch.BatchInterrupted as stop:
         s = stop.summary
         click.echo(f"Interrupted: {s.skipped + s.written} of {s.total} lines are saved in {s.output}.", err=True)
@@ -616,19 +664,29 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
 # ---------------------------------------------------------------- classification
 
 
-def input_options(f):
-    """How to read CSV/TSV/JSONL/plain-line input: columns, header, format."""
-    opts = [
-        click.option("--input-format", type=click.Choice(["csv", "tsv", "jsonl", "lines"]),
-                     help="Input format [default: by extension; stdin or another extension: JSONL if it starts "
-                     "with '{', else lines]."),
-        click.option("--no-header", is_flag=True, help="CSV/TSV without a header row: columns are named 1, 2, ..."),
-        click.option("--id-column", help="Column with the item id [default: id, else the line number]."),
-        click.option("--text-column", help="Column with the text [default: text, else the first column]."),
-    ]
-    for opt in opts:
-        f = opt(f)
-    return f
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """How to read CSV/TSV/JSONL/plain-line input: format, header, columns."""
+
+    input_format: str | None
+    no_header: bool
+    id_column: str | None
+    text_column: str | None
+
+    def read(self) -> dict:
+        """The keyword arguments classify's readers take."""
+        return {"format": self.input_format, "header": not self.no_header, "text_column": self.text_column,
+                "id_column": self.id_column}
+
+
+input_options = _group(InputOptions, "input_opts", [
+    click.option("--input-format", type=click.Choice(["csv", "tsv", "jsonl", "lines"]),
+                 help="Input format [default: by extension; stdin or another extension: JSONL if it starts "
+                 "with '{', else lines]."),
+    click.option("--no-header", is_flag=True, help="CSV/TSV without a header row: columns are named 1, 2, ..."),
+    click.option("--id-column", help="Column with the item id [default: id, else the line number]."),
+    click.option("--text-column", help="Column with the text [default: text, else the first column]."),
+])
 
 
 def classify_options(f):
@@ -680,7 +738,8 @@ def classify_options(f):
     return input_options(f)
 
 
-def _classify(input_path: str | None, *, evaluate: str | None, kw: dict) -> None:
+def _classify(input_path: str | None, *, evaluate: str | None, model_opts: ModelOptions, input_opts: InputOptions,
+              ray_opts: RayOptions | None = None, **kw) -> None:
     import time
 
     from . import classify, runtime
@@ -705,29 +764,28 @@ def _classify(input_path: str | None, *, evaluate: str | None, kw: dict) -> None
     job = classify.prepare(
         evaluate if evaluate is not None else input_path, labels=labels, examples_path=kw.pop("examples_path"),
         template_path=kw.pop("template_path"), settings=settings, evaluate=evaluate is not None,
-        k_fold=kw.pop("k_fold"), holdout=kw.pop("holdout"), format=kw.pop("input_format"),
-        header=not kw.pop("no_header"), text_column=kw.pop("text_column"), id_column=kw.pop("id_column"),
-        label_column=kw.pop("label_column"))
-    ray_address, workers, model_dir = kw.pop("ray_address", None), kw.pop("workers", 2), kw.pop("model_dir", None)
+        k_fold=kw.pop("k_fold"), holdout=kw.pop("holdout"), label_column=kw.pop("label_column"),
+        **input_opts.read())
     progress = None
-    if ray_address is not None:
+    if ray_opts is not None and ray_opts.ray_address is not None:
         from . import distributed
 
         if show:
             raise UsageError("--show-prompt runs locally; drop --ray")
-        address = distributed.check_address(ray_address)
-        threads = _ray_threads(kw.pop("threads"), workers)
-        if kw.pop("ctx") is not None:
+        address = distributed.check_address(ray_opts.ray_address)
+        threads = ray_opts.threads(model_opts.threads)
+        if model_opts.ctx is not None:
             raise UsageError("--ctx is not used with --ray (each worker sizes its context)")
         started = time.perf_counter()
         result, model_name, model_sha256 = distributed.run_classify(
-            job, model=kw.pop("model"), sha256=kw.pop("sha256"), address=address, workers=workers, threads=threads,
-            model_dir=model_dir)
+            job, model=model_opts.model, sha256=model_opts.sha256, address=address, workers=ray_opts.workers,
+            threads=threads, model_dir=ray_opts.model_dir)
         seconds = time.perf_counter() - started
     else:
-        _no_ray_options(workers, model_dir)
+        if ray_opts is not None:
+            ray_opts.check_local()
         runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
-        loaded = _load(kw, **job.load_options())
+        loaded = model_opts.load(**job.load_options())
         try:
             if show:
                 click.echo(classify.show_prompt(loaded.model, job))
@@ -810,7 +868,7 @@ def classify_cmd(input: str | None, evaluate: str | None, **kw) -> None:
         raise UsageError("give INPUT or --evaluate FILE, not both")
     if evaluate is None and input in (None, "-") and sys.stdin.isatty():
         raise UsageError("give an INPUT file, or pipe texts on stdin (`cat texts.txt | llmlocal classify ...`)")
-    _classify(input, evaluate=evaluate, kw=kw)
+    _classify(input, evaluate=evaluate, **kw)
 
 
 @cli.command("eval")
@@ -830,7 +888,7 @@ def eval_cmd(labelled: str, **kw) -> None:
       llmlocal eval test.tsv -e train.tsv --calibrate --json
       llmlocal eval labelled.csv --holdout 0.5 --method embed
     """
-    _classify(None, evaluate=labelled, kw=kw)
+    _classify(None, evaluate=labelled, **kw)
 
 
 @cli.command("embed")
@@ -841,7 +899,8 @@ def eval_cmd(labelled: str, **kw) -> None:
 @click.option("--no-normalize", is_flag=True, help="Keep the raw pooled vectors (default: L2-normalised).")
 @model_options
 @input_options
-def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -> None:
+def embed_cmd(input: str | None, output: str | None, no_normalize: bool, model_opts: ModelOptions,
+              input_opts: InputOptions) -> None:
     """Embed each text in INPUT (mean-pooled, L2-normalised): the vectors --method embed uses.
 
     \b
@@ -856,9 +915,8 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, **kw) -
     classify.check_output(output, inputs=[input])
     if input in (None, "-") and sys.stdin.isatty():
         raise UsageError("give an INPUT file, or pipe texts on stdin")
-    items, _ = classify.read_texts(input, format=kw.pop("input_format"), header=not kw.pop("no_header"),
-                                   text_column=kw.pop("text_column"), id_column=kw.pop("id_column"))
-    loaded = _load(kw, embeddings=True, n_seq_max=16)
+    items, _ = classify.read_texts(input, **input_opts.read())
+    loaded = model_opts.load(embeddings=True, n_seq_max=16)
     try:
         vectors = classify.embed_items(loaded.model, items, normalize=not no_normalize,
                                        source=input if input not in (None, "-") else "<stdin>")

@@ -232,6 +232,7 @@ def test_full_job_one_line_per_input_line(reference):
     assert "49 succeeded, 1 failed, 0 skipped" in reference["stderr"]
 
 
+@pytest.mark.slow  # needs the 50-line reference job
 def test_batch_text_equals_complete_for_each_prompt_kind(reference, model_arg):
     """Temperature 0: a line's text is what `llmlocal complete` prints for the same prompt alone."""
     records = by_id(reference["records"])

@@ -265,6 +265,7 @@ def test_cached_scoring_equals_naive_within_1e4(equivalence, model, labels):
     assert np.allclose(cached.sum(axis=1), 1.0)
 
 
+@pytest.mark.slow  # shares the equivalence fixture's subprocess (minutes)
 def test_multi_token_labels_are_scored_whole(equivalence):
     r = equivalence["smollm2-135m ['spam', 'not spam']"]
     spam, not_spam = r["label_tokens"]
