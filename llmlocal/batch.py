@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,9 +33,11 @@ from .errors import (
     LlmlocalError,
     ResumeMismatchError,
     UsageError,
+    option,
     quoted,
 )
 from .generate import Completion, prompt_tokens
+from .progress import ItemProgress
 from .runtime import Model
 from .sampling import SamplingParams
 
@@ -106,7 +107,7 @@ def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[
     chosen = tabular.format_for(str(source), formats[format])
     if chosen not in (None, "jsonl", "lines"):
         raise UsageError(f"{source} is {chosen.upper()} by its extension; batch reads JSONL or plain text",
-                         hint="pass --format text to take each line as a prompt")
+                         hint=f"pass {option('format')} text to take each line as a prompt")
     table, records = tabular.read_lines(str(source), format=chosen)
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
@@ -354,44 +355,12 @@ class _Writer:
             self.fd = -1
 
 
-class _Progress:
-    """One status line on stderr: done/total, items/s, tokens/s, ETA."""
-
-    def __init__(self, total: int, skipped: int, *, enabled: bool, file: IO[str] | None = None) -> None:
-        self.total, self.skipped = total, skipped
-        self.file = file or sys.stderr
-        self.enabled = enabled
-        self.tty = bool(getattr(self.file, "isatty", lambda: False)())
-        self.started = time.monotonic()
-        self.last = 0.0
-        self.shown = -1  # the done count last shown
-
-    def update(self, summary: BatchSummary, *, force: bool = False) -> None:
-        if not self.enabled or summary.done == self.shown:
-            return
-        now = time.monotonic()
-        if not force and now - self.last < (0.25 if self.tty else 10.0):
-            return
-        self.last, self.shown = now, summary.done
-        from .progress import human_seconds
-
-        elapsed = max(now - self.started, 1e-6)
-        rate = summary.completed / elapsed
-        left = self.total - summary.done
-        parts = [f"batch {summary.done}/{self.total}",
-                 f"{rate:.2f} items/s", f"{summary.completion_tokens / elapsed:.1f} tok/s"]
-        if left and rate > 0:
-            parts.append(f"ETA {human_seconds(left / rate)}")
-        if summary.failed:
-            parts.append(f"{summary.failed} failed")
-        line = "  ".join(parts)
-        self.file.write(("\r\x1b[K" + line) if self.tty else line + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty and self.last:
-            self.file.write("\n")
-            self.file.flush()
+class _BatchProgress(ItemProgress):
+    def show(self, summary: BatchSummary, *, force: bool = False) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self.update(summary.done, counted=summary.completed, force=force,
+                    extra=(f"{summary.completion_tokens / elapsed:.1f} tok/s",),
+                    tail=(f"{summary.failed} failed",) if summary.failed else ())
 
 
 def _item_tokens(model: Model, item: BatchItem, settings: JobSettings) -> list[int]:
@@ -499,7 +468,7 @@ def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tupl
                    output: str | os.PathLike[str], *, parallel: int, ordered: bool, progress: bool,
                    progress_file: IO[str] | None) -> BatchSummary:
     summary = BatchSummary(output=str(output), total=total, skipped=total - len(todo), parallel=parallel)
-    bar = _Progress(total, summary.skipped, enabled=progress and bool(todo), file=progress_file)
+    bar = _BatchProgress("batch", total, enabled=progress and bool(todo), file=progress_file)
     try:
         writer = _Writer(Path(output))
     except OSError as exc:
@@ -532,7 +501,7 @@ def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tupl
             del waiting[i]  # only once it is on disk: an interrupted write is redone on resume
             summary.written += 1
         summary.seconds = time.perf_counter() - started
-        bar.update(summary)
+        bar.show(summary)
 
     try:
         for index, record in results:
@@ -540,7 +509,7 @@ def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tupl
     except KeyboardInterrupt:
         summary.seconds = time.perf_counter() - started
         writer.close()
-        bar.update(summary, force=True)
+        bar.show(summary, force=True)
         bar.close()
         raise BatchInterrupted(summary) from None
     except BaseException:
@@ -549,7 +518,7 @@ def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tupl
     finally:
         writer.close()
     summary.seconds = time.perf_counter() - started
-    bar.update(summary, force=True)
+    bar.show(summary, force=True)
     bar.close()
     return summary
 

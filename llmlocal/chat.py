@@ -227,7 +227,7 @@ class ChatSession:
                                           add_generation_prompt=add_generation_prompt)
         except TemplateError as exc:
             raise UsageError(f"the chat template rejected the conversation: {exc}",
-                             hint="try another template with --template NAME") from None
+                             hint=f"try another template ({option('template')} NAME)") from None
         return tokenize_prompt(self.model, text, raw=False)
 
     def _note(self, text: str) -> None:

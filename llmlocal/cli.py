@@ -790,7 +790,10 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
             if show:
                 click.echo(classify.show_prompt(loaded.model, job))
                 return
-            progress = None if quiet or not sys.stderr.isatty() else _progress_line("classified")
+            from .progress import ItemProgress
+
+            bar = ItemProgress("classified", len(job.items), enabled=not quiet and sys.stderr.isatty())
+            progress = bar.callback() if bar.enabled else None
             started = time.perf_counter()
             result = classify.run(loaded.model, job, progress=progress)
             seconds = time.perf_counter() - started
@@ -813,18 +816,6 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
         n = len(result.predictions)
         click.echo(f"{n} item(s) classified in {seconds:.1f} s ({n / seconds if seconds else 0:.2f} items/s) "
                    f"with {model_name}" + (f"; written to {output}" if output else ""), err=True)
-
-
-def _progress_line(verb: str):
-    import time
-
-    started = time.perf_counter()
-
-    def show(done: int, total: int) -> None:
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        click.echo(f"\r\x1b[K{verb} {done}/{total} ({rate:.1f} items/s)", err=True, nl=False)
-
-    return show
 
 
 @cli.command("classify")

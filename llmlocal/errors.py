@@ -284,8 +284,8 @@ class ResumeMismatchError(LlmlocalError, ValueError):
         super().__init__(
             f"{path} holds results made differently ({'; '.join(self.differences)}); "
             "refusing to mix them",
-            hint="resume with the same model and options, write to a new -o file, "
-            "or pass --force to add to it anyway",
+            hint=f"resume with the same model and options, write to a new {option('output')} file, "
+            f"or pass {option('force')} to add to it anyway",
         )
 
 

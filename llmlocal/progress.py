@@ -1,4 +1,4 @@
-"""A small byte-progress line on stderr (bytes, rate, ETA).
+"""Progress lines on stderr, in one place: bytes (downloads, copies, hashing) and items (jobs).
 
 It offers the slice of tqdm's interface that huggingface_hub's ``http_get(tqdm_class=...)``
 uses (constructor keywords, ``update``, context manager), so one bar serves downloads, copies
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 
 def human_bytes(n: float) -> str:
@@ -82,3 +82,51 @@ class SilentProgress(ByteProgress):
     """The same interface, printing nothing (for --quiet and non-interactive callers)."""
 
     enabled = False
+
+
+class ItemProgress:
+    """One status line for a job over items: ``label done/total``, items/s, extra fields, ETA.
+
+    Redrawn in place at most every 0.25 s on a terminal, every 10 s elsewhere (a log file gets a
+    line now and then, not thousands). ``callback()`` adapts it to the ``progress(done, total)``
+    callbacks the core takes.
+    """
+
+    def __init__(self, label: str, total: int, *, enabled: bool = True, file: IO[str] | None = None) -> None:
+        self.label, self.total = label, total
+        self.file = file or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.file, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.shown = -1  # the done count last shown
+
+    def update(self, done: int, *, counted: int | None = None, extra: tuple[str, ...] = (),
+               tail: tuple[str, ...] = (), force: bool = False) -> None:
+        """``done`` of ``total`` are done, ``counted`` of them in this run (the rate's numerator);
+        ``extra`` fields go before the ETA, ``tail`` ones after it."""
+        if not self.enabled or done == self.shown:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < (0.25 if self.tty else 10.0):
+            return
+        self.last, self.shown = now, done
+        rate = (done if counted is None else counted) / max(now - self.started, 1e-6)
+        left = self.total - done
+        eta = (f"ETA {human_seconds(left / rate)}",) if left and rate > 0 else ()
+        line = "  ".join((f"{self.label} {done}/{self.total}", f"{rate:.2f} items/s", *extra, *eta, *tail))
+        self.file.write(("\r\x1b[K" + line) if self.tty else line + "\n")
+        self.file.flush()
+
+    def callback(self):
+        def progress(done: int, total: int) -> None:
+            self.total = total
+            self.update(done)
+
+        return progress
+
+    def close(self) -> None:
+        """End the line (on a terminal), so what is printed next starts a line of its own."""
+        if self.enabled and self.tty and self.last:
+            self.file.write("\n")
+            self.file.flush()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from . import gguf, hardware
-from .errors import DecodeError, InsufficientMemoryError, ModelClosedError, ModelLoadError, UsageError
+from .errors import DecodeError, InsufficientMemoryError, ModelClosedError, ModelLoadError, UsageError, option
 from .sampling import RANDOM_SEED, SamplingParams
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ def check_fits(info: gguf.GGUFInfo, n_ctx: int) -> gguf.MemoryEstimate:
             f"{info.path.name} needs about {est.total_bytes / gib:.1f} GiB at context {n_ctx} "
             f"(weights {est.weights_bytes / gib:.1f} GiB + KV cache {est.kv_cache_bytes / gib:.1f} GiB), "
             f"but only {avail / gib:.1f} GiB is available",
-            hint="use a smaller --ctx or a smaller model",
+            hint=f"use a smaller context ({option('ctx')}) or a smaller model",
         )
     return est
 
@@ -230,7 +230,7 @@ class Model:
             raise ModelLoadError(
                 f"llama.cpp could not create a context of {options.n_ctx} tokens for {self.path.name}: "
                 + (_recent_errors[-1] if _recent_errors else "unknown error"),
-                hint="try a smaller --ctx",
+                hint=f"try a smaller context ({option('ctx')})",
             )
         self.n_ctx = lib.llama_n_ctx(self._ctx)
         self.n_ctx_seq = lib.llama_n_ctx_seq(self._ctx)  # n_ctx, or its share per stream if not unified
@@ -351,10 +351,9 @@ class Model:
 
         template = template or self.chat_template()
         if not template:
-            # Fix: the message named only the store's blob file and gave no next step; a model
-            # without a template (a base model) is used with raw text, so say that.
+            # A model without a template (a base model) is used with raw text: say that.
             raise UsageError(f"{self.info.name or self.path.name} has no chat template (a base model?)",
-                             hint="send the prompt as-is with --raw (raw=True in the Python API)")
+                             hint=f"send the prompt as-is ({option('raw')})")
         bos = self.token_text(self.bos) if self.bos >= 0 else ""
         eos = self.token_text(self.eos) if self.eos >= 0 else ""
         fmt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos,

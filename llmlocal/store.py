@@ -637,7 +637,7 @@ def _import(source: Path, info: GGUFInfo, name: str, *, template: str | None, fo
     user_text = user.read_text(encoding="utf-8") if user.is_file() else ""
     existing = catalog.parse_catalog(user_text, str(user))
     if name in existing and not force:
-        raise UsageError(f"'{name}' is already in {user}; pass --force to replace it")
+        raise UsageError(f"'{name}' is already in {user}; pass {option('force')} to replace it")
     if name in bundled_and_user and name not in existing and not force:
         raise UsageError(f"'{name}' is a bundled catalogue name; choose another or pass --force to override it")
     spec = ModelSpec(name=name, file=source.name, sha256=None, path=str(source), source=str(user),

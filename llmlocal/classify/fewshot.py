@@ -130,7 +130,7 @@ class FewShotPrompt:
         if chat:
             rendered = model.render_chat([{"role": "user", "content": _SENTINEL}])
             if rendered.count(_SENTINEL) != 1:
-                raise UsageError("the model's chat template does not keep the message text as-is; use --raw")
+                raise UsageError(f"the model's chat template does not keep the message text as-is; use {option('raw')}")
             self.chat_head, self.chat_tail = rendered.split(_SENTINEL)
             self.prefix = model.tokenize(self.chat_head, add_special=False, parse_special=True)
         else:
