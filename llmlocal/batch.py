@@ -33,7 +33,6 @@ from .errors import (
     LlmlocalError,
     ResumeMismatchError,
     UsageError,
-    option,
     quoted,
 )
 from .generate import Completion, prompt_tokens
@@ -107,7 +106,7 @@ def read_items(source: str | os.PathLike[str], *, format: str = "auto") -> list[
     chosen = tabular.format_for(str(source), formats[format])
     if chosen not in (None, "jsonl", "lines"):
         raise UsageError(f"{source} is {chosen.upper()} by its extension; batch reads JSONL or plain text",
-                         hint=f"pass {option('format')} text to take each line as a prompt")
+                         hint="pass --format text (input_format=\"text\" in Python) to take each line as a prompt")
     table, records = tabular.read_lines(str(source), format=chosen)
     items: list[BatchItem] = []
     seen: dict[str, int] = {}

@@ -740,9 +740,7 @@ def classify_options(f):
 
 def _classify(input_path: str | None, *, evaluate: str | None, model_opts: ModelOptions, input_opts: InputOptions,
               ray_opts: RayOptions | None = None, **kw) -> None:
-    import time
-
-    from . import classify, runtime
+    from . import classify
 
     settings = classify.Settings(
         method=kw.pop("method"), instructions=kw.pop("instructions"),
@@ -766,43 +764,31 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
         template_path=kw.pop("template_path"), settings=settings, evaluate=evaluate is not None,
         k_fold=kw.pop("k_fold"), holdout=kw.pop("holdout"), label_column=kw.pop("label_column"),
         **input_opts.read())
-    progress = None
-    if ray_opts is not None and ray_opts.ray_address is not None:
-        from . import distributed
-
-        if show:
+    m = model_opts
+    on_ray = ray_opts is not None and ray_opts.ray_address is not None
+    if show:
+        if on_ray:
             raise UsageError("--show-prompt runs locally; drop --ray")
-        address = distributed.check_address(ray_opts.ray_address)
-        threads = ray_opts.threads(model_opts.threads)
-        if model_opts.ctx is not None:
-            raise UsageError("--ctx is not used with --ray (each worker sizes its context)")
-        started = time.perf_counter()
-        result, model_name, model_sha256 = distributed.run_classify(
-            job, model=model_opts.model, sha256=model_opts.sha256, address=address, workers=ray_opts.workers,
-            threads=threads, model_dir=ray_opts.model_dir)
-        seconds = time.perf_counter() - started
+        click.echo(classify.preview(job, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=m.threads,
+                                    verbose=m.verbose))
+        return
+    from .progress import ItemProgress
+
+    if ray_opts is not None and on_ray:
+        outcome = classify.execute(job, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=ray_opts.threads(m.threads),
+                                   ray_address=ray_opts.ray_address, workers=ray_opts.workers,
+                                   model_dir=ray_opts.model_dir)
     else:
         if ray_opts is not None:
             ray_opts.check_local()
-        runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
-        loaded = model_opts.load(**job.load_options())
+        bar = ItemProgress("classified", len(job.items), enabled=not quiet and sys.stderr.isatty())
         try:
-            if show:
-                click.echo(classify.show_prompt(loaded.model, job))
-                return
-            from .progress import ItemProgress
-
-            bar = ItemProgress("classified", len(job.items), enabled=not quiet and sys.stderr.isatty())
-            progress = bar.callback() if bar.enabled else None
-            started = time.perf_counter()
-            result = classify.run(loaded.model, job, progress=progress)
-            seconds = time.perf_counter() - started
+            outcome = classify.execute(job, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=m.threads,
+                                       verbose=m.verbose, progress=bar.callback() if bar.enabled else None)
         finally:
-            loaded.close()
-        model_name, model_sha256 = loaded.name, loaded.sha256
-    if progress is not None:
-        click.echo("", err=True)
-    meta = classify.manifest(job, result, model_name=model_name, model_sha256=model_sha256)
+            bar.close()
+    result, meta, model_name, model_sha256 = outcome.result, outcome.meta, outcome.model_name, outcome.model_sha256
+    seconds = outcome.seconds
     if result.report is None or output is not None:
         classify.write_outputs(job, result, meta, output=output, fmt=fmt, json_header=json_header)
     if result.report is not None:

@@ -236,7 +236,7 @@ class ClassifyWorker:
 
 def run_classify(job: classify.Job, *, model: str | None, sha256: str | None, address: str, workers: int,
                  threads: int, model_dir: str | None, batch_size: int = 64) -> tuple[classify.ClassifyResult, str, str]:
-    """Classify (and evaluate) ``job`` on Ray; returns the Run, the model's name and its SHA-256."""
+    """Classify (and evaluate) ``job`` on Ray; returns the result, the model's name and its SHA-256."""
     if job.k_fold is not None or job.holdout is not None:
         raise UsageError("--k-fold and --holdout run on one machine; drop --ray (or evaluate with --evaluate FILE)")
     spec = catalog.resolve(model or loader.default_model(), sha256=sha256)

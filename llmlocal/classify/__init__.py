@@ -11,12 +11,14 @@ from .job import (
     METHODS,
     ClassifyResult,
     Job,
+    Outcome,
     Settings,
     build_classifier,
     check_output,
     embed_items,
     embed_manifest,
     evaluation_report,
+    execute,
     holdout_split,
     item_name,
     load_options,
@@ -25,6 +27,7 @@ from .job import (
     parse_labels,
     predict,
     prepare,
+    preview,
     read_examples,
     read_texts,
     resolve_labels,
@@ -38,9 +41,9 @@ from .job import (
 from .types import Example, Item, Prediction
 
 __all__ = [
-    "METHODS", "ClassifyResult", "Example", "Item", "Job", "Prediction", "Settings", "build_classifier",
-    "check_output", "embed_items", "embed_manifest", "evaluation_report", "holdout_split", "item_name",
-    "load_options", "manifest", "output_format", "parse_labels", "predict", "prepare", "read_examples",
+    "METHODS", "ClassifyResult", "Example", "Item", "Job", "Outcome", "Prediction", "Settings", "build_classifier",
+    "check_output", "embed_items", "embed_manifest", "evaluation_report", "execute", "holdout_split", "item_name",
+    "load_options", "manifest", "output_format", "parse_labels", "predict", "prepare", "preview", "read_examples",
     "read_texts", "resolve_labels", "run", "select_examples", "show_prompt", "stratified_folds",
     "write_embeddings", "write_outputs",
 ]

@@ -473,6 +473,66 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Classify
     return result
 
 
+@dataclass
+class Outcome:
+    """A finished classification job: the result, the model that made it, and its manifest."""
+
+    result: ClassifyResult
+    model_name: str
+    model_sha256: str | None
+    seconds: float  # classifying (on a cluster: the whole job)
+    meta: dict
+
+
+def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ctx: int | None = None,
+            threads: int | None = None, verbose: bool = False, ray_address: str | None = None, workers: int = 2,
+            model_dir: str | None = None, progress: Progress | None = None) -> Outcome:
+    """Run a prepared job here, or with ``ray_address`` on a Ray cluster (as batch.run_job does batch).
+
+    Raises:
+        model errors, UsageError, ContextOverflowError (naming the item), RayNotInstalled errors.
+    """
+    import time
+
+    from .. import loader, runtime
+
+    if ray_address is not None:
+        from .. import distributed
+
+        if ctx is not None:
+            raise UsageError(f"{option('ctx')} is not used with Ray (each worker sizes its context)")
+        started = time.perf_counter()
+        digest: str | None
+        result, name, digest = distributed.run_classify(
+            job, model=model, sha256=sha256, address=distributed.check_address(ray_address), workers=workers,
+            threads=threads or 1, model_dir=model_dir)
+        seconds = time.perf_counter() - started
+    else:
+        runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
+        loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, **job.load_options())
+        try:
+            started = time.perf_counter()
+            result = run(loaded.model, job, progress=progress)
+            seconds = time.perf_counter() - started
+        finally:
+            loaded.close()
+        name, digest = loaded.name, loaded.sha256
+    return Outcome(result, name, digest, seconds, manifest(job, result, model_name=name, model_sha256=digest))
+
+
+def preview(job: Job, *, model: str | None = None, sha256: str | None = None, ctx: int | None = None,
+            threads: int | None = None, verbose: bool = False) -> str:
+    """The exact prompt the first item would be scored with (``--show-prompt``)."""
+    from .. import loader, runtime
+
+    runtime.prefer_batch_invariant_kernels()
+    loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, **job.load_options())
+    try:
+        return show_prompt(loaded.model, job)
+    finally:
+        loaded.close()
+
+
 def check_embed_lengths(model: Model, job: Job) -> None:
     """Refuse, before any embedding is computed, an example or item too long to embed, by name."""
     from .embedding import check_lengths
