@@ -33,6 +33,7 @@ from .job import (
     resolve_labels,
     run,
     select_examples,
+    sha256_text_source,
     show_prompt,
     stratified_folds,
     write_embeddings,
@@ -44,6 +45,6 @@ __all__ = [
     "METHODS", "ClassifyResult", "Example", "Item", "Job", "Outcome", "Prediction", "Settings", "build_classifier",
     "check_output", "embed_items", "embed_manifest", "evaluation_report", "execute", "holdout_split", "item_name",
     "load_options", "manifest", "output_format", "parse_labels", "predict", "prepare", "preview", "read_examples",
-    "read_texts", "resolve_labels", "run", "select_examples", "show_prompt", "stratified_folds",
+    "read_texts", "resolve_labels", "run", "select_examples", "sha256_text_source", "show_prompt", "stratified_folds",
     "write_embeddings", "write_outputs",
 ]
