@@ -689,9 +689,46 @@ input_options = _group(InputOptions, "input_opts", [
 ])
 
 
-def classify_options(f):
-    """Everything shared by classify and eval."""
-    opts = [
+@dataclasses.dataclass(frozen=True)
+class ClassifyOptions:
+    """Everything classify and eval share (beyond the model and input options)."""
+
+    labels: str | None
+    examples_path: str | None
+    label_column: str | None
+    method: str
+    instructions: str | None
+    template_path: str | None
+    mode: str | None  # "chat", "raw" or None (the method's default)
+    show_prompt: bool
+    max_examples: int | None
+    calibrate: bool
+    abstain_below: float | None
+    abstain_label: str
+    output: str | None
+    output_format: str | None
+    json_header: bool
+    k_fold: int | None
+    holdout: float | None
+    seed: int
+    as_json: bool
+    parallel: int
+    quiet: bool
+
+    def settings(self):
+        from . import classify
+
+        if self.method == "embed" and (self.mode is not None or self.show_prompt):
+            raise UsageError("--chat, --raw and --show-prompt apply to the prompt method, not --method embed")
+        return classify.Settings(
+            method=self.method, instructions=self.instructions,
+            chat=None if self.mode is None else self.mode == "chat", calibrate=self.calibrate,
+            max_examples=self.max_examples, seed=self.seed, abstain_below=self.abstain_below,
+            abstain_label=self.abstain_label, parallel=self.parallel)
+
+
+# Listed as --help shows them (click shows the last-applied first, hence the reversal).
+_classify_group = _group(ClassifyOptions, "classify_opts", list(reversed([
         click.option("--quiet", "-q", is_flag=True, help="No progress line or summary on stderr."),
         click.option("--parallel", type=int, default=8, show_default=True,
                      help="Items scored together in one decode (prompt method)."),
@@ -732,38 +769,31 @@ def classify_options(f):
                      help="Labelled examples (CSV/TSV/JSONL with text and label columns)."),
         click.option("--labels", "-l",
                      help='Comma-separated labels, e.g. "spam,not spam" [default: the examples\' labels].'),
-    ]
-    for opt in opts:
-        f = opt(f)
-    return input_options(f)
+])))
+
+
+def classify_options(f):
+    """The classify/eval options, then the input options."""
+    return input_options(_classify_group(f))
 
 
 def _classify(input_path: str | None, *, evaluate: str | None, model_opts: ModelOptions, input_opts: InputOptions,
-              ray_opts: RayOptions | None = None, **kw) -> None:
+              classify_opts: ClassifyOptions, ray_opts: RayOptions | None = None) -> None:
     from . import classify
 
-    settings = classify.Settings(
-        method=kw.pop("method"), instructions=kw.pop("instructions"),
-        chat=None if kw["mode"] is None else kw["mode"] == "chat", calibrate=kw.pop("calibrate"),
-        max_examples=kw.pop("max_examples"), seed=kw.pop("seed"), abstain_below=kw.pop("abstain_below"),
-        abstain_label=kw.pop("abstain_label"), parallel=kw.pop("parallel"))
-    kw.pop("mode")
-    if settings.method == "embed" and (settings.chat is not None or kw["show_prompt"]):
-        raise UsageError("--chat, --raw and --show-prompt apply to the prompt method, not --method embed")
-    labels_spec = kw.pop("labels")
-    labels = classify.parse_labels(labels_spec) if labels_spec is not None else None
-    output, quiet, as_json = kw.pop("output"), kw.pop("quiet"), kw.pop("as_json")
-    show = kw.pop("show_prompt")
-    fmt = classify.output_format(output, kw.pop("output_format"))
-    json_header = kw.pop("json_header")
+    o = classify_opts
+    settings = o.settings()
+    labels = classify.parse_labels(o.labels) if o.labels is not None else None
+    output, quiet, as_json, show = o.output, o.quiet, o.as_json, o.show_prompt
+    fmt = classify.output_format(output, o.output_format)
+    json_header = o.json_header
     if json_header and fmt != "jsonl":
         raise UsageError("--json-header needs JSONL output; with CSV the manifest is in <output>.meta.json")
-    classify.check_output(output, inputs=[input_path, evaluate, kw["examples_path"], kw["template_path"]])
+    classify.check_output(output, inputs=[input_path, evaluate, o.examples_path, o.template_path])
     job = classify.prepare(
-        evaluate if evaluate is not None else input_path, labels=labels, examples_path=kw.pop("examples_path"),
-        template_path=kw.pop("template_path"), settings=settings, evaluate=evaluate is not None,
-        k_fold=kw.pop("k_fold"), holdout=kw.pop("holdout"), label_column=kw.pop("label_column"),
-        **input_opts.read())
+        evaluate if evaluate is not None else input_path, labels=labels, examples_path=o.examples_path,
+        template_path=o.template_path, settings=settings, evaluate=evaluate is not None, k_fold=o.k_fold,
+        holdout=o.holdout, label_column=o.label_column, **input_opts.read())
     m = model_opts
     on_ray = ray_opts is not None and ray_opts.ray_address is not None
     if show:
