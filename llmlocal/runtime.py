@@ -181,7 +181,7 @@ def check_fits(info: gguf.GGUFInfo, n_ctx: int) -> gguf.MemoryEstimate:
             f"{info.path.name} needs about {est.total_bytes / gib:.1f} GiB at context {n_ctx} "
             f"(weights {est.weights_bytes / gib:.1f} GiB + KV cache {est.kv_cache_bytes / gib:.1f} GiB), "
             f"but only {avail / gib:.1f} GiB is available",
-            hint=f"use a smaller context ({option('ctx')}) or a smaller model",
+            hint=f"use a smaller {option('ctx')} or a smaller model",
         )
     return est
 
@@ -230,7 +230,7 @@ class Model:
             raise ModelLoadError(
                 f"llama.cpp could not create a context of {options.n_ctx} tokens for {self.path.name}: "
                 + (_recent_errors[-1] if _recent_errors else "unknown error"),
-                hint=f"try a smaller context ({option('ctx')})",
+                hint=f"try a smaller {option('ctx')}",
             )
         self.n_ctx = lib.llama_n_ctx(self._ctx)
         self.n_ctx_seq = lib.llama_n_ctx_seq(self._ctx)  # n_ctx, or its share per stream if not unified
