@@ -18,7 +18,7 @@ from .errors import UsageError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
-_MIN_CTX = 512
+_SHRINK_FLOOR = 512  # the default context is never shrunk below this to fit RAM
 
 
 def default_model() -> str:
@@ -79,7 +79,7 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, 
     if avail is None:
         return ctx
     wanted = ctx
-    while ctx > _MIN_CTX and gguf.estimate_memory(info, ctx * sequences).total_bytes > avail:
+    while ctx > _SHRINK_FLOOR and gguf.estimate_memory(info, ctx * sequences).total_bytes > avail:
         ctx //= 2
     if ctx != wanted:
         what = f"tokens per sequence so {sequences} sequences fit" if sequences > 1 else "tokens to fit"
