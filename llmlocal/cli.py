@@ -19,7 +19,7 @@ from dataclasses import asdict
 import click
 
 from . import __version__
-from .errors import LlmlocalError, UsageError, VerificationFailedError, error_lines, option_style
+from .errors import ClassifyFailedError, LlmlocalError, UsageError, VerificationFailedError, error_lines, option_style
 
 
 def _debug_enabled() -> bool:
@@ -696,7 +696,7 @@ class ClassifyOptions:
     labels: str | None
     examples_path: str | None
     label_column: str | None
-    method: str
+    method: str | None  # None: auto, or prompt when --calibrate asks for the prompt method's calibration
     instructions: str | None
     template_path: str | None
     mode: str | None  # "chat", "raw" or None (the method's default)
@@ -714,14 +714,16 @@ class ClassifyOptions:
     as_json: bool
     parallel: int
     quiet: bool
+    truncate: bool
 
     def settings(self):
         from . import classify
 
-        if self.method == "embed" and (self.mode is not None or self.show_prompt):
+        method = self.method or ("prompt" if self.calibrate else "auto")
+        if method == "embed" and (self.mode is not None or self.show_prompt):
             raise UsageError("--chat, --raw and --show-prompt apply to the prompt method, not --method embed")
         return classify.Settings(
-            method=self.method, instructions=self.instructions,
+            method=method, instructions=self.instructions, truncate=self.truncate,
             chat=None if self.mode is None else self.mode == "chat", calibrate=self.calibrate,
             max_examples=self.max_examples, seed=self.seed, abstain_below=self.abstain_below,
             abstain_label=self.abstain_label, parallel=self.parallel)
@@ -730,6 +732,8 @@ class ClassifyOptions:
 # Listed as --help shows them (click shows the last-applied first, hence the reversal).
 _classify_group = _group(ClassifyOptions, "classify_opts", list(reversed([
         click.option("--quiet", "-q", is_flag=True, help="No progress line or summary on stderr."),
+        click.option("--truncate", is_flag=True, help="Prompt methods: score the start of an item too long for "
+                     "the context (flagged in its row) instead of giving it an error row."),
         click.option("--parallel", type=int, default=8, show_default=True,
                      help="Items scored together in one decode (prompt method)."),
         click.option("--json", "as_json", is_flag=True, help="Evaluation: print the whole report as JSON."),
@@ -749,7 +753,8 @@ _classify_group = _group(ClassifyOptions, "classify_opts", list(reversed([
         click.option("--abstain-below", type=float, metavar="P",
                      help="Answer the abstain label when the top probability is below P."),
         click.option("--calibrate", is_flag=True,
-                     help="Contextual calibration: divide by the probabilities the prompt gives to 'N/A'."),
+                     help="Prompt method: divide by the probabilities the prompt gives to 'N/A' (contextual "
+                     "calibration). Implies --method prompt."),
         click.option("--max-examples", type=int, metavar="N",
                      help="Use at most N examples, balanced across labels (chosen with --seed)."),
         click.option("--show-prompt", is_flag=True, help="Print the exact prompt (for the first item) and exit."),
@@ -760,9 +765,10 @@ _classify_group = _group(ClassifyOptions, "classify_opts", list(reversed([
                      help="Prompt template file (placeholders below)."),
         click.option("--instructions", help="The prompt's first line; {labels} becomes the label list "
                      "[Classify each text as one of: {labels}.]"),
-        click.option("--method", type=click.Choice(["prompt", "embed"]), default="prompt", show_default=True,
-                     help="prompt: few-shot prompt, labels scored by log-probability; embed: embeddings + "
-                     "logistic regression."),
+        click.option("--method", type=click.Choice(["auto", "prompt", "embed", "combined"]),
+                     help="auto: the best of the others by cross-validation over the examples; prompt: few-shot "
+                     "prompt, labels scored by log-probability; embed: embeddings + logistic regression; combined: "
+                     "the calibrated prompt and the embeddings together [default: auto; prompt with --calibrate]."),
         click.option("--label-column",
                      help="Column with the label in --examples and evaluation files [default: label]."),
         click.option("--examples", "-e", "examples_path", type=click.Path(dir_okay=False), metavar="FILE",
@@ -819,6 +825,8 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
             bar.close()
     result, meta, model_name, model_sha256 = outcome.result, outcome.meta, outcome.model_name, outcome.model_sha256
     seconds = outcome.seconds
+    if not quiet and result.choices:
+        click.echo(classify.auto_summary(result.choices), err=True)
     if result.report is None or output is not None:
         classify.write_outputs(job, result, meta, output=output, fmt=fmt, json_header=json_header)
     if result.report is not None:
@@ -828,10 +836,20 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
             _json_out({"model": model_name, "sha256": model_sha256, **result.report, "manifest": meta})
         else:
             click.echo(metrics.format_report(result.report))
+    counts = result.counts()
+    n = len(result.predictions)
     if not quiet:
-        n = len(result.predictions)
-        click.echo(f"{n} item(s) classified in {seconds:.1f} s ({n / seconds if seconds else 0:.2f} items/s) "
-                   f"with {model_name}" + (f"; written to {output}" if output else ""), err=True)
+        choosing = sum(c.seconds for c in result.choices)
+        notes = [f"{counts[k]} {k}" for k in ("failed", "truncated", "chunked") if counts[k]]
+        click.echo(f"{n - counts['failed']} item(s) classified in {seconds:.1f} s "
+                   f"({n / seconds if seconds else 0:.2f} items/s"
+                   + (f"; choosing the method took {choosing:.1f} s" if result.choices else "") + f") with "
+                   f"{model_name}" + (f" ({', '.join(notes)})" if notes else "")
+                   + (f"; written to {output}" if output else ""), err=True)
+    if n and counts["failed"] == n:
+        first = result.predictions[0].error or {}
+        raise ClassifyFailedError(f"every one of the {n} item(s) failed; the first: {first.get('message')}",
+                                  hint=first.get("hint"))
 
 
 @cli.command("classify")
@@ -925,16 +943,17 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, model_o
     items, _ = classify.read_texts(input, **input_opts.read())
     loaded = model_opts.load(embeddings=True, n_seq_max=16)
     try:
-        vectors = classify.embed_items(loaded.model, items, normalize=not no_normalize,
-                                       source=input if input not in (None, "-") else "<stdin>")
+        done = classify.embed_items(loaded.model, items, normalize=not no_normalize)
     finally:
         loaded.close()
-    meta = classify.embed_manifest(items, vectors, model_name=loaded.name, model_sha256=loaded.sha256,
+    vectors = done.vectors
+    meta = classify.embed_manifest(items, done, model_name=loaded.name, model_sha256=loaded.sha256,
                                    input_path=input, normalized=not no_normalize,
                                    pooling=loaded.model.options.pooling)
     classify.write_embeddings(items, vectors, output=output, meta=meta)
+    pieces = f"; {done.chunked} text(s) longer than a batch embedded in pieces, averaged" if done.chunked else ""
     click.echo(f"{len(items)} embedding(s) of {vectors.shape[1]} dimensions with {loaded.name}"
-               + (f" written to {output}" if output else ""), err=True)
+               + (f" written to {output}" if output else "") + pieces, err=True)
 
 
 # ---------------------------------------------------------------- server

@@ -219,10 +219,12 @@ class ClassifyWorker:
                  source: str | None = None) -> None:
         _verified(model, sha256, model_dir)
         runtime.prefer_batch_invariant_kernels()  # this process's first evaluation is still to come
-        self.loaded = loader.load(model, sha256=sha256, threads=threads, **classify.load_options(settings.method))
+        # Each worker resolves --method auto itself: the same examples and model bytes give every
+        # worker the same choice (batch-invariant kernels), at the cost of one choice per worker.
+        self.contexts = classify.open_contexts(model, sha256=sha256, threads=threads)
         self.settings, self.source = settings, source
-        self.classifier = classify.build_classifier(self.loaded.model, labels, examples, settings)
-        self.described = json.dumps(self.classifier.describe())
+        self.classifier = classify.build_classifier(self.contexts, labels, examples, settings)
+        self.described = json.dumps(classify.describe(self.classifier))
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The user's id and input line travel with the text, so an error about an item names it.

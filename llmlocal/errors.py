@@ -329,6 +329,10 @@ class BatchFailedError(LlmlocalError, RuntimeError):
         super().__init__(f"none of the {total} line(s) that ran succeeded{where}", hint=hint)
 
 
+class ClassifyFailedError(LlmlocalError, RuntimeError):
+    """Every item of a classification job failed (each has its error row in the output)."""
+
+
 def _short_json(value: object) -> str:
     import json
 

@@ -1,20 +1,25 @@
 """Few-shot classification: ``llmlocal classify``, ``eval`` and ``embed``.
 
 - ``types``: Example, Item, Prediction (shared by the others, so none imports another for them).
-- ``job``: read texts and examples, choose the method, predict, evaluate, write with a manifest.
+- ``job``: read texts and examples, build the classifier, predict, evaluate, write with a manifest.
+- ``auto``: ``--method auto``'s cross-validated choice, and the combined method.
 - ``fewshot``: the prompt method (labels scored by log-probability after a cached prefix).
 - ``embedding``: the embedding method (pooled embeddings + logistic regression).
 - ``metrics``: accuracy, macro-F1, confusion, calibration.
 """
 
+from .auto import Choice, CombinedClassifier, auto_summary
+from .embedding import Embeddings
 from .job import (
     METHODS,
     ClassifyResult,
+    Contexts,
     Job,
     Outcome,
     Settings,
     build_classifier,
     check_output,
+    describe,
     embed_items,
     embed_manifest,
     evaluation_report,
@@ -23,6 +28,7 @@ from .job import (
     item_name,
     load_options,
     manifest,
+    open_contexts,
     output_format,
     parse_labels,
     predict,
@@ -42,8 +48,9 @@ from .job import (
 from .types import Example, Item, Prediction
 
 __all__ = [
-    "METHODS", "ClassifyResult", "Example", "Item", "Job", "Outcome", "Prediction", "Settings", "build_classifier",
-    "check_output", "embed_items", "embed_manifest", "evaluation_report", "execute", "holdout_split", "item_name",
+    "METHODS", "Choice", "ClassifyResult", "CombinedClassifier", "Contexts", "Embeddings", "Example", "Item", "Job",
+    "Outcome", "Prediction", "Settings", "auto_summary", "build_classifier", "check_output", "describe", "embed_items",
+    "embed_manifest", "open_contexts", "evaluation_report", "execute", "holdout_split", "item_name",
     "load_options", "manifest", "output_format", "parse_labels", "predict", "prepare", "preview", "read_examples",
     "read_texts", "resolve_labels", "run", "select_examples", "sha256_text_source", "show_prompt", "stratified_folds",
     "write_embeddings", "write_outputs",

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ContextOverflowError, UsageError, option
+from ..errors import UsageError
 from .fewshot import Progress, softmax
 
 if TYPE_CHECKING:
@@ -21,72 +22,100 @@ if TYPE_CHECKING:
 # a median 0.06 (SmolLM2) / 0.12 (Gemma 3 270M), so a scale of 1 would say "uniform" every time.
 # 20 makes a typical gap 1-2.5 logits (probability 0.75-0.92), about the one-shot accuracy there.
 CENTROID_SCALE = 20.0
-# Tokens per text at most: the batch size the loader gives a context of 512 tokens or more.
-EMBED_BATCH = 512
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per text, in order, and how many pieces each text was embedded in (1: whole)."""
+
+    vectors: np.ndarray
+    chunks: list[int]
+
+    @property
+    def chunked(self) -> int:
+        """How many texts were longer than one batch, so embedded in pieces."""
+        return sum(c > 1 for c in self.chunks)
 
 
 def embed_texts(model: Model, texts: Sequence[str], *, normalize: bool = True,
-                progress: Progress | None = None) -> np.ndarray:
+                progress: Progress | None = None) -> Embeddings:
     """Pooled embeddings (the context's pooling, mean by default), L2-normalised unless told not.
 
-    Several texts share one decode as separate sequences; each text must fit in one batch, as
-    llama.cpp pools a sequence within one micro-batch. Decodes hold about 128 tokens: an embeddings
-    context still computes logits for every token, and a batch of 512 would need a 512 MB logits
-    buffer with Gemma 3's 262k-token vocabulary.
+    Several texts share one decode as separate sequences. llama.cpp pools a sequence within one
+    micro-batch, so a text longer than a batch is cut into near-equal pieces (each led by BOS, as
+    a whole text is), and its vector is the mean of theirs weighted by their lengths: for mean
+    pooling, the mean over all its tokens but for the attention each piece cannot see across its
+    cut. Never an error: a long comment in a column of short ones must not stop a job.
+
+    Decodes hold about 128 tokens: an embeddings context still computes logits for every token,
+    and a batch of 512 would need a 512 MB logits buffer with Gemma 3's 262k-token vocabulary.
     """
-    n_batch = model.options.n_batch
-    group_tokens = min(n_batch, 128)
+    pieces, owners, chunks = _pieces(model, texts)
+    group_tokens = min(model.options.n_batch, 128)
     width = max(model.options.n_seq_max, 1)
-    vectors: list[np.ndarray] = []
-    tokenized = check_lengths(model, texts)
+    piece_vectors: list[np.ndarray] = []
     i = 0
-    while i < len(tokenized):
+    while i < len(pieces):
         batch: list[int] = []
         total = 0
-        while i < len(tokenized) and len(batch) < width and (not batch or total + len(tokenized[i]) <= group_tokens):
+        while i < len(pieces) and len(batch) < width and (not batch or total + len(pieces[i]) <= group_tokens):
             batch.append(i)
-            total += len(tokenized[i])
+            total += len(pieces[i])
             i += 1
         toks: list[int] = []
         pos: list[int] = []
         seqs: list[int | Sequence[int]] = []
         for s, idx in enumerate(batch):
-            toks += tokenized[idx]
-            pos += range(len(tokenized[idx]))
-            seqs += [s] * len(tokenized[idx])
+            toks += pieces[idx]
+            pos += range(len(pieces[idx]))
+            seqs += [s] * len(pieces[idx])
         model.decode(toks, pos, seqs, [True] * len(toks))
-        vectors += [np.asarray(model.embedding(s), dtype=np.float64) for s in range(len(batch))]
+        piece_vectors += [np.asarray(model.embedding(s), dtype=np.float64) for s in range(len(batch))]
         model.kv_clear()
         if progress is not None:
-            progress(i, len(tokenized))
-    out = np.array(vectors, dtype=np.float64).reshape(len(texts), -1)
+            progress(owners[i - 1] + 1 if i < len(pieces) else len(texts), len(texts))
+    dim = piece_vectors[0].shape[0] if piece_vectors else 0
+    out = np.zeros((len(texts), dim), dtype=np.float64)
+    weight = np.zeros(len(texts))
+    for vec, owner, piece in zip(piece_vectors, owners, pieces):
+        out[owner] += len(piece) * vec
+        weight[owner] += len(piece)
+    out /= np.where(weight > 0, weight, 1.0)[:, None]
     if normalize:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out = out / np.where(norms > 0, norms, 1.0)
-    return out
+    return Embeddings(out, chunks)
 
 
-def check_lengths(model: Model, texts: Sequence[str]) -> list[list[int]]:
-    """The tokens of each text, refusing a text longer than one batch: llama.cpp pools a
-    sequence's embedding within one micro-batch.
+def _pieces(model: Model, texts: Sequence[str]) -> tuple[list[list[int]], list[int], list[int]]:
+    """(token pieces of at most one batch each, the text each belongs to, pieces per text).
 
-    Raises:
-        ContextOverflowError: with ``index``, the position in ``texts`` of the first text too long
-            (callers that know ids and line numbers name them in the message).
+    An empty text is embedded as BOS alone (or, for a model without BOS, a single space), so it
+    gets a vector like any other rather than an empty sequence llama.cpp would refuse.
     """
     limit = model.options.n_batch
-    tokenized = [model.tokenize(t, add_special=True, parse_special=False) for t in texts]
-    for i, tokens in enumerate(tokenized):
-        if len(tokens) > limit:
-            detail = f"is {len(tokens)} tokens; an embedding takes at most {limit}"
-            # The batch is min(512, context): a context above 512 does not raise it. The logits of
-            # every token of a batch are kept (an embeddings context still computes them), and a
-            # larger batch would need n_vocab x tokens floats: 4 GB for Gemma 3 at 4096.
-            raise ContextOverflowError(
-                len(tokens), limit, message=f"text {i + 1} {detail}", detail=detail, index=i,
-                hint="shorten the text or split it into parts" if limit >= EMBED_BATCH else
-                f"shorten the text, or raise {option('ctx')} to {EMBED_BATCH} (the most a text can take)")
-    return tokenized
+    bos = [model.bos] if model.add_bos and model.bos >= 0 else []
+    pieces: list[list[int]] = []
+    owners: list[int] = []
+    chunks: list[int] = []
+    for n, text in enumerate(texts):
+        body = model.tokenize(text, add_special=False, parse_special=False)
+        if not body and not bos:
+            body = model.tokenize(" ", add_special=False, parse_special=False)
+        room = max(limit - len(bos), 1)
+        spans = _spans(len(body), room)
+        for a, b in spans:
+            pieces.append(bos + body[a:b])
+            owners.append(n)
+        chunks.append(len(spans))
+    return pieces, owners, chunks
+
+
+def _spans(n: int, limit: int) -> list[tuple[int, int]]:
+    """[start, end) spans of near-equal size, at most ``limit`` each (one empty span for n = 0)."""
+    k = max(1, -(-n // limit))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class LogisticRegression:
@@ -152,9 +181,10 @@ class EmbeddingClassifier:
     a label has a single example (too little to fit a boundary with any confidence)."""
 
     method = "embed"
+    choice: Any = None  # auto.Choice when --method auto chose this classifier
 
     def __init__(self, model: Model, labels: Sequence[str], examples: Sequence[Example], *, C: float = 10.0,
-                 cache: dict[str, np.ndarray] | None = None) -> None:
+                 cache: dict[str, tuple[np.ndarray, int]] | None = None) -> None:
         self.model, self.labels, self.C = model, list(labels), C
         self._cache = cache if cache is not None else {}
         counts = Counter(e.label for e in examples)
@@ -176,15 +206,14 @@ class EmbeddingClassifier:
     def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if todo:
-            try:
-                vectors = embed_texts(self.model, todo, progress=progress)
-            except ContextOverflowError as exc:
-                if exc.index is None:
-                    raise
-                raise exc.at(list(texts).index(todo[exc.index])) from None  # the caller knows texts, not todo
-            for text, vec in zip(todo, vectors):
-                self._cache[text] = vec
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0))
+            done = embed_texts(self.model, todo, progress=progress)
+            for text, vec, chunks in zip(todo, done.vectors, done.chunks):
+                self._cache[text] = (vec, chunks)
+        return np.stack([self._cache[t][0] for t in texts]) if texts else np.zeros((0, 0))
+
+    def chunks(self, texts: Sequence[str]) -> list[int]:
+        """How many pieces each (already embedded) text took: more than 1 for a text longer than a batch."""
+        return [self._cache[t][1] for t in texts]
 
     def predict_proba(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         X = self.embed(texts, progress=progress)

@@ -45,6 +45,8 @@ Progress = Callable[[int, int], None]
 # Which scorer's prefix is in each model's KV cache (sequence 0), so that two classifiers sharing a
 # model (k-fold, calibration experiments) never score against each other's examples.
 _prefix_owner: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Which scorer's prefix is in the shared sequence (LabelScorer(share=True)), built on sequence 0's.
+_shared_owner: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------- the prompt
@@ -210,7 +212,8 @@ class LabelScorer:
     ends and are freed before the next one, so cells stay in position order.
     """
 
-    def __init__(self, model: Model, prefix: list[int], labels: Sequence[list[int]], *, parallel: int = 8) -> None:
+    def __init__(self, model: Model, prefix: list[int], labels: Sequence[list[int]], *, parallel: int = 8,
+                 share: bool = False) -> None:
         if any(not t for t in labels):
             raise UsageError("a label tokenises to nothing")
         self.model = model
@@ -218,8 +221,16 @@ class LabelScorer:
         self.labels = [list(t) for t in labels]
         self.branches = [j for j, t in enumerate(self.labels) if len(t) > 1]
         self.seqs_per_item = max(1, len(self.branches))
-        room = max(model.options.n_seq_max, 1) - 2  # sequence 0 is the prefix, the last one ballast
+        # Sequence 0 is the prefix, the last one ballast, the one before it a shared prefix (below).
+        room = max(model.options.n_seq_max, 1) - 3
         self.ballast_seq = max(model.options.n_seq_max, 1) - 1
+        self.shared_seq = max(model.options.n_seq_max, 1) - 2
+        # share: instead of replacing the prefix in sequence 0, build this one in shared_seq from
+        # the part it has in common with sequence 0's (copied, not recomputed) plus its own rest.
+        # For auto's folds: a prompt without one fold of the examples begins as the whole prompt does.
+        self.share = share
+        self.base_seq = 0  # the sequence items copy their prefix from
+        self.cells = len(self.prefix)  # cells the prefix occupies in the cache (with a shared one: both)
         self.parallel = max(1, min(parallel, room // self.seqs_per_item)) if room > 0 else 0
         if room < self.seqs_per_item:
             raise UsageError(f"scoring these labels needs a context with at least {self.seqs_per_item + 2} "
@@ -234,6 +245,17 @@ class LabelScorer:
         """Forget the cached prefix (the next score() evaluates it again)."""
         self.model.kv_clear()
         _prefix_owner.pop(self.model, None)
+        _shared_owner.pop(self.model, None)
+
+    def warm(self) -> None:
+        """Evaluate the prefix now (it is kept in the cache for the items to come)."""
+        self._prepare_prefix(0, np.zeros((0, len(self.labels))))
+
+    def release(self) -> None:
+        """Free a shared prefix (sequence 0's, another scorer's, stays)."""
+        if _shared_owner.get(self.model) is self:
+            self.model.kv_remove(self.shared_seq)
+            _shared_owner.pop(self.model, None)
 
     def _check(self, tokens: list[int]) -> None:
         need = len(self.prefix) + len(tokens) + self._extra()
@@ -241,18 +263,50 @@ class LabelScorer:
             raise ContextOverflowError(need, self.model.n_ctx, hint=f"use fewer examples ({option('max_examples')}), "
                                        f"a larger {option('ctx')}, or shorter items")
 
+    def _prepare_prefix(self, longest: int, out: np.ndarray) -> None:
+        """Make the prefix's cells ready: already there, shared with sequence 0's, or evaluated anew."""
+        model = self.model
+        if _shared_owner.get(model) is self:
+            return
+        if _prefix_owner.get(model) is self:
+            previous = _shared_owner.pop(model, None)  # another's shared prefix would take cells we count on
+            if previous is not None:
+                model.kv_remove(previous.shared_seq)
+            return
+        owner = _prefix_owner.get(model)
+        if self.share and owner is not None:
+            common = 0
+            for a, b in zip(owner.prefix, self.prefix):
+                if a != b:
+                    break
+                common += 1
+            common = min(common, len(self.prefix) - 1)  # its last token must be decoded here: it has logits
+            rest = len(self.prefix) - common
+            if common > 0 and len(owner.prefix) + rest + longest + self._extra() + 1 <= model.n_ctx:
+                previous = _shared_owner.pop(model, None)
+                if previous is not None:
+                    model.kv_remove(previous.shared_seq)
+                model.kv_remove(self.shared_seq)
+                model.kv_copy(0, self.shared_seq, 0, common)
+                self._decode([(t, common + q, self.shared_seq, None) for q, t in enumerate(self.prefix[common:])], out)
+                _shared_owner[model] = self
+                self.base_seq, self.cells = self.shared_seq, len(owner.prefix) + rest
+                return
+        model.kv_clear()
+        _prefix_owner.pop(model, None)
+        _shared_owner.pop(model, None)
+        self._decode([(t, p, 0, None) for p, t in enumerate(self.prefix)], out)
+        _prefix_owner[model] = self
+        self.base_seq, self.cells = 0, len(self.prefix)
+
     def score(self, items: Sequence[list[int]], *, progress: Progress | None = None) -> np.ndarray:
         """An (items x labels) array of summed label log-probabilities, reusing the prefix's cache."""
         model = self.model
         out = np.zeros((len(items), len(self.labels)), dtype=np.float64)
         for tokens in items:
             self._check(tokens)
-        if _prefix_owner.get(model) is not self:
-            model.kv_clear()
-            _prefix_owner.pop(model, None)
-            self._decode([(t, p, 0, None) for p, t in enumerate(self.prefix)], out)
-            _prefix_owner[model] = self
-        room = model.n_ctx - len(self.prefix) - 1  # one cell spare for a ballast token
+        self._prepare_prefix(max((len(t) for t in items), default=0), out)
+        room = model.n_ctx - self.cells - 1  # one cell spare for a ballast token
         i = 0
         while i < len(items):
             group: list[int] = []
@@ -278,7 +332,7 @@ class LabelScorer:
             used.extend(ids)
             if self.prefix:
                 for s in ids:
-                    model.kv_copy(0, s)
+                    model.kv_copy(self.base_seq, s)
             owner: Any = ids if len(ids) > 1 else ids[0]
             tokens = items[a]
             for t, token in enumerate(tokens):
@@ -327,6 +381,7 @@ class LabelScorer:
         for j, label in enumerate(self.labels):
             contexts.setdefault(tuple(label[:-1]), []).append(j)
         _prefix_owner.pop(model, None)
+        _shared_owner.pop(model, None)
         for a, tokens in enumerate(items):
             self._check(tokens)
             for context, js in contexts.items():
@@ -354,20 +409,66 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- classifiers
 
 
+@dataclass(frozen=True)
+class Admission:
+    """Whether an item fits the prompt's context: the text to score (shortened when ``truncated``),
+    or None and the ``error`` that says why it cannot be scored."""
+
+    text: str | None
+    truncated: bool = False
+    error: ContextOverflowError | None = None
+
+
 class PromptClassifier:
     """Few-shot (or zero-shot) prompting, labels scored by log-probability, optional calibration."""
 
     method = "prompt"
+    choice: Any = None  # auto.Choice when --method auto chose this classifier
 
     def __init__(self, model: Model, labels: Sequence[str], examples: Sequence[Example], *,
                  template: Template | None = None, instructions: str | None = None, chat: bool = False,
-                 calibrate: bool = False, parallel: int = 8) -> None:
+                 calibrate: bool = False, parallel: int = 8, share: bool = False) -> None:
         self.labels = list(labels)
         self.prompt = FewShotPrompt(model, labels, examples, template=template, instructions=instructions, chat=chat)
         self.prompt.check_fits([])
-        self.scorer = LabelScorer(model, self.prompt.prefix, self.prompt.label_tokens, parallel=parallel)
+        self.scorer = LabelScorer(model, self.prompt.prefix, self.prompt.label_tokens, parallel=parallel, share=share)
         self.calibrate = calibrate
         self.prior: np.ndarray | None = None  # label distribution for the content-free input
+
+    def admit(self, texts: Sequence[str], *, truncate: bool = False) -> list[Admission]:
+        """Which texts fit the context after the prompt; with ``truncate``, the others are cut
+        (from the end, keeping their start) until they do."""
+        prompt = self.prompt
+        extra = sum(len(t) - 1 for t in prompt.label_tokens)
+        room = self.model.n_ctx - len(prompt.prefix) - extra
+        out = []
+        for text in texts:
+            n = len(prompt.item_tokens(text))
+            if n <= room:
+                out.append(Admission(text))
+                continue
+            if truncate:
+                cut, shorter = len(text), text
+                while n > room and cut > 0:
+                    # Proportional to the excess, and a little under, so a few rounds suffice.
+                    cut = min(cut - 1, int(cut * room / n * 0.95))
+                    shorter = text[:max(cut, 0)]
+                    n = len(prompt.item_tokens(shorter))
+                if n <= room:
+                    out.append(Admission(shorter, truncated=True))
+                    continue
+            need = len(prompt.prefix) + n + extra
+            detail = (f"does not fit the context after the prompt: {len(prompt.prefix)} prompt tokens + {n} for "
+                      f"the item + {extra} for the labels = {need}, but the context holds {self.model.n_ctx}")
+            out.append(Admission(None, error=ContextOverflowError(
+                need, self.model.n_ctx, message=detail, detail=detail,
+                hint=f"add {option('truncate')} to shorten such items, or use a larger {option('ctx')} or fewer "
+                f"examples ({option('max_examples')})")))
+        return out
+
+    @property
+    def model(self) -> Model:
+        return self.prompt.model
 
     def log_scores(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         tokens = [self.prompt.item_tokens(t) for t in texts]

@@ -18,15 +18,20 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from .. import tabular
-from ..errors import ContextOverflowError, InputFormatError, UsageError, option
-from .embedding import EmbeddingClassifier
+from ..errors import InputFormatError, UsageError, option
+from .auto import CombinedClassifier, choose
+from .embedding import EmbeddingClassifier, Embeddings
 from .fewshot import FewShotPrompt, Progress, PromptClassifier, Template
 from .types import Example, Item, Prediction
 
 if TYPE_CHECKING:
     from ..runtime import Model
 
-METHODS = ("prompt", "embed")
+# auto: chosen per job by cross-validation over the examples (auto.py); combined: the calibrated
+# prompt and the embeddings together (auto.CombinedClassifier).
+METHODS = ("auto", "prompt", "embed", "combined")
+PROMPT_METHODS = ("auto", "prompt", "combined")  # the methods --template, --instructions, --chat shape
+FAILED = "(failed)"  # how a row that could not be classified appears in an evaluation
 
 Warn = Callable[[str], None]
 
@@ -181,14 +186,14 @@ def select_examples(examples: Sequence[Example], labels: Sequence[str], *, max_e
     return chosen
 
 
-Classifier = PromptClassifier | EmbeddingClassifier
+Classifier = PromptClassifier | EmbeddingClassifier | CombinedClassifier
 
 
 @dataclass
 class Settings:
     """Everything that shapes a classifier besides the model and the examples."""
 
-    method: str = "prompt"
+    method: str = "auto"
     template: Template | None = None
     instructions: str | None = None
     chat: bool | None = None  # None: see default_chat()
@@ -199,13 +204,15 @@ class Settings:
     abstain_label: str = "unknown"
     parallel: int = 8
     C: float = 10.0
+    truncate: bool = False  # prompt method: shorten an item that does not fit, instead of an error row
 
     def validate(self, labels: Sequence[str] | None = None) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method '{self.method}' (use one of {', '.join(METHODS)})")
+        if self.calibrate and self.method != "prompt":
+            raise UsageError(f"{option('calibrate')} applies to {option('method')} prompt ({self.method} "
+                             "chooses calibration itself)", hint=f"use {option('method')} prompt {option('calibrate')}")
         if self.method == "embed":
-            if self.calibrate:
-                raise UsageError(f"{option('calibrate')} applies to the prompt method, not {option('method')} embed")
             if self.template is not None or self.instructions is not None:
                 raise UsageError(f"{option('template')} and {option('instructions')} apply to the prompt method, "
                                  f"not {option('method')} embed")
@@ -230,16 +237,79 @@ def default_chat(model: Model) -> bool:
     return False
 
 
-def build_classifier(model: Model, labels: Sequence[str], examples: Sequence[Example], settings: Settings, *,
-                     embedding_cache: dict[str, np.ndarray] | None = None) -> Classifier:
-    """A classifier from (already selected) examples."""
-    if settings.method == "embed":
-        if not examples:
-            raise UsageError(f"{option('method')} embed needs labelled examples ({option('examples')} FILE)")
-        return EmbeddingClassifier(model, labels, examples, C=settings.C, cache=embedding_cache)
-    chat = default_chat(model) if settings.chat is None else settings.chat
-    return PromptClassifier(model, labels, examples, template=settings.template, instructions=settings.instructions,
-                            chat=chat, calibrate=settings.calibrate, parallel=settings.parallel)
+class Contexts:
+    """The model contexts a job uses, each loaded on first use: ``prompt`` (logits and the cached
+    prompt prefix) and ``embed`` (pooled embeddings). Two contexts of one model file: the weights
+    are memory-mapped, so the second costs its KV cache, not another copy of the model.
+
+    ``open_context(kind)`` loads one (see :func:`load_options`); ``close`` frees what was loaded.
+    """
+
+    def __init__(self, open_context: Callable[[str], Any], *, model_of: Callable[[Any], Model] | None = None,
+                 close: Callable[[Any], None] | None = None) -> None:
+        self._open, self._model_of, self._close = open_context, model_of or (lambda c: c), close
+        self._loaded: dict[str, Any] = {}
+
+    def __call__(self, kind: str) -> Model:
+        if kind not in self._loaded:
+            self._loaded[kind] = self._open(kind)
+        return self._model_of(self._loaded[kind])
+
+    def loaded(self) -> list[Any]:
+        return list(self._loaded.values())
+
+    def close(self) -> None:
+        while self._loaded:
+            _, handle = self._loaded.popitem()
+            if self._close is not None:
+                self._close(handle)
+
+
+def build_classifier(contexts: Callable[[str], Model], labels: Sequence[str], examples: Sequence[Example],
+                     settings: Settings, *, embedding_cache: dict | None = None) -> Classifier:
+    """A classifier from (already selected) examples; ``auto`` is resolved here, by cross-validation
+    over them (its Choice is kept as the classifier's ``choice``)."""
+    if settings.method in ("embed", "combined") and not examples:
+        raise UsageError(f"{option('method')} {settings.method} needs labelled examples ({option('examples')} FILE)")
+    cache = embedding_cache if embedding_cache is not None else {}
+
+    def make_prompt(model: Model, exs: Sequence[Example], calibrate: bool, share: bool = False) -> PromptClassifier:
+        chat = default_chat(model) if settings.chat is None else settings.chat
+        return PromptClassifier(model, labels, exs, template=settings.template, instructions=settings.instructions,
+                                chat=chat, calibrate=calibrate, parallel=settings.parallel, share=share)
+
+    method, choice, whole = settings.method, None, None
+    if method == "auto":
+        embed_ok = bool(examples) and all(any(e.label == label for e in examples) for label in labels)
+        choice, examples, whole = choose(contexts, labels, examples, make_prompt=make_prompt, embedding_cache=cache,
+                                         C=settings.C, seed=settings.seed, embed_ok=embed_ok)
+        method = choice.method
+
+    def prompt_classifier(calibrate: bool) -> PromptClassifier:
+        if whole is not None:  # auto's prompt over the same examples, its prefix already evaluated
+            whole.calibrate = calibrate
+            return whole
+        return make_prompt(contexts("prompt"), examples, calibrate)
+
+    clf: Classifier
+    if method == "embed":
+        clf = EmbeddingClassifier(contexts("embed"), labels, examples, C=settings.C, cache=cache)
+    elif method == "combined":
+        clf = CombinedClassifier(prompt_classifier(True),
+                                 EmbeddingClassifier(contexts("embed"), labels, examples, C=settings.C, cache=cache))
+    else:
+        clf = prompt_classifier(settings.calibrate or method == "calibrated")
+    clf.choice = choice
+    return clf
+
+
+def describe(clf: Classifier) -> dict:
+    """The classifier's own description, with auto's choice when auto made it."""
+    out = clf.describe()
+    choice = getattr(clf, "choice", None)
+    if choice is not None:
+        out["auto"] = choice.as_dict()
+    return out
 
 
 def item_name(item: Item, source: str | None = None) -> str:
@@ -248,34 +318,48 @@ def item_name(item: Item, source: str | None = None) -> str:
     return f"item {json.dumps(item.id, ensure_ascii=False, default=str)}" + (f" ({where})" if where else "")
 
 
-def _named(exc: ContextOverflowError, names: Sequence[str]) -> ContextOverflowError:
-    """``exc`` about the item at its ``index``, named in the message."""
-    if exc.index is not None and 0 <= exc.index < len(names):
-        return exc.about(names[exc.index])
-    return exc
-
-
 def predict(classifier: Classifier, items: Sequence[Item], settings: Settings, *,
             progress: Progress | None = None, source: str | None = None) -> list[Prediction]:
-    """Predictions for ``items``, in order, with abstention applied (``source``: their file, for messages)."""
+    """Predictions for ``items``, in order, with abstention applied (``source``: their file, for messages).
+
+    An item the prompt cannot hold after the examples gets an error row (or, with
+    ``settings.truncate``, is scored on its start and flagged); the others go on.
+    """
     if not items:
         return []
-    try:
-        probs = classifier.predict_proba([i.text for i in items], progress=progress)
-    except ContextOverflowError as exc:
-        raise _named(exc, [item_name(i, source) for i in items]) from None
+    texts = [i.text for i in items]
+    prompt_part = classifier.prompt if isinstance(classifier, CombinedClassifier) else classifier
+    if isinstance(prompt_part, PromptClassifier):
+        admitted = prompt_part.admit(texts, truncate=settings.truncate)
+    else:
+        from .fewshot import Admission
+
+        admitted = [Admission(t) for t in texts]
+    ok = [n for n, a in enumerate(admitted) if a.error is None]
+    scored = [admitted[n].text or "" for n in ok]
+    if isinstance(classifier, CombinedClassifier):
+        probs = classifier.predict_proba([texts[n] for n in ok], progress=progress, prompt_texts=scored)
+    else:
+        probs = classifier.predict_proba(scored, progress=progress)
+    embed_part = classifier.embed if isinstance(classifier, CombinedClassifier) else classifier
+    chunks = embed_part.chunks([texts[n] for n in ok]) if isinstance(embed_part, EmbeddingClassifier) else [1] * len(ok)
     labels = classifier.labels
-    out = []
-    for item, row in zip(items, probs):
+    out: list[Prediction | None] = [None] * len(items)
+    for n, row, pieces in zip(ok, probs, chunks):
         best = int(np.argmax(row))
         confidence = float(row[best])
         answer = labels[best]
         if settings.abstain_below is not None and confidence < settings.abstain_below:
             answer = settings.abstain_label
-        out.append(Prediction(id=item.id, label=answer, confidence=round(confidence, 6),
-                              probabilities={label: round(float(p), 6) for label, p in zip(labels, row)},
-                              top=labels[best]))
-    return out
+        out[n] = Prediction(id=items[n].id, label=answer, confidence=round(confidence, 6),
+                            probabilities={label: round(float(p), 6) for label, p in zip(labels, row)},
+                            top=labels[best], truncated=admitted[n].truncated, chunks=pieces)
+    for n, a in enumerate(admitted):
+        if a.error is not None:
+            err = a.error.about(item_name(items[n], source))
+            out[n] = Prediction(id=items[n].id, label=None, confidence=None, probabilities=None, top=None,
+                                error={"type": "context_overflow", "message": str(err), "hint": err.hint})
+    return [p for p in out if p is not None]
 
 
 # ---------------------------------------------------------------- evaluation
@@ -337,14 +421,9 @@ class Job:
     examples_path: str | None = None
     template_path: str | None = None
 
-    def load_options(self) -> dict:
-        """Keyword arguments for ``loader.load``: the context this job's method needs."""
-        return load_options(self.settings.method)
-
-
-def load_options(method: str) -> dict:
-    """Keyword arguments for ``loader.load``: the context classification by ``method`` needs."""
-    if method == "embed":
+def load_options(kind: str) -> dict:
+    """Keyword arguments for ``loader.load``: the context of ``kind`` (``"embed"``, or ``"prompt"``)."""
+    if kind == "embed":
         return {"embeddings": True, "n_seq_max": 16}
     # Sequence 0 holds the prompt prefix, the last one ballast; the rest are per-item copies.
     # No repacked weights: their kernels would make an item's numbers depend on its batch.
@@ -417,10 +496,25 @@ class ClassifyResult:
     examples_used: list[list[int | None]] = field(default_factory=list)  # example line numbers, per classifier
     report: dict | None = None
     evaluated_tokens: int = 0
+    choices: list = field(default_factory=list)  # auto.Choice of each classifier that auto chose
+
+    @property
+    def method(self) -> str:
+        """The method that classified: auto's choice when it chose (folds may differ: "mixed")."""
+        methods = {str(c.get("method")) for c in self.classifiers}
+        return methods.pop() if len(methods) == 1 else "mixed"
+
+    def counts(self) -> dict[str, int]:
+        """Rows that failed, were truncated, or were embedded in pieces."""
+        return {"failed": sum(p.error is not None for p in self.predictions),
+                "truncated": sum(p.truncated for p in self.predictions),
+                "chunked": sum(p.chunks > 1 for p in self.predictions)}
 
 
-def run(model: Model, job: Job, *, progress: Progress | None = None) -> ClassifyResult:
+def run(contexts: Callable[[str], Model], job: Job, *, progress: Progress | None = None) -> ClassifyResult:
     """Classify the job's items and, if it evaluates, score the predictions against their gold labels.
+
+    ``contexts(kind)``: the model context for ``"prompt"`` or ``"embed"`` (a :class:`Contexts`).
 
     With ``k_fold`` or ``holdout`` the examples come from the items themselves (the other folds,
     or the part not held out), so no prediction is made with its own row among the examples.
@@ -439,9 +533,7 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Classify
         pairs = [([pool[i] for i in train], test) for train, test in splits]
     else:
         pairs = [(list(job.examples), list(range(len(items))))]
-    if settings.method == "embed":
-        check_embed_lengths(model, job)
-    cache: dict[str, np.ndarray] = {}  # embeddings, shared by the folds
+    cache: dict = {}  # embeddings, shared by the folds and by auto's cross-validation
     predictions: dict[int, Prediction] = {}
     total = sum(len(test) for _, test in pairs)
     done = 0
@@ -449,9 +541,9 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Classify
         chosen = select_examples(candidates, labels, max_examples=settings.max_examples, seed=settings.seed)
         if job.k_fold is not None or job.holdout is not None:
             missing = [label for label in labels if not any(e.label == label for e in chosen)]
-            if missing and settings.method == "embed":
+            if missing and settings.method in ("embed", "combined"):
                 raise UsageError(f"a fold has no examples of {', '.join(missing)}; use fewer folds")
-        clf = build_classifier(model, labels, chosen, settings, embedding_cache=cache)
+        clf = build_classifier(contexts, labels, chosen, settings, embedding_cache=cache)
 
         def fold_progress(n: int, _total: int, base: int = done) -> None:
             if progress is not None:
@@ -461,10 +553,13 @@ def run(model: Model, job: Job, *, progress: Progress | None = None) -> Classify
                                       source=job.input_path or tabular.STDIN_NAME)):
             predictions[i] = p
         done += len(test)
-        result.classifiers.append(clf.describe())
+        result.classifiers.append(describe(clf))
         result.examples_used.append([e.line for e in chosen])
-        scorer = getattr(clf, "scorer", None)
+        prompt_part = clf.prompt if isinstance(clf, CombinedClassifier) else clf
+        scorer = getattr(prompt_part, "scorer", None)
         result.evaluated_tokens += scorer.evaluated_tokens if scorer is not None else 0
+        if clf.choice is not None:
+            result.choices.append(clf.choice)
     order = sorted(predictions)
     result.items = [items[i] for i in order]
     result.predictions = [predictions[i] for i in order]
@@ -494,7 +589,7 @@ def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ct
     """
     import time
 
-    from .. import loader, runtime
+    from .. import runtime
 
     if ray_address is not None:
         from .. import distributed
@@ -509,14 +604,17 @@ def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ct
         seconds = time.perf_counter() - started
     else:
         runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
-        loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, **job.load_options())
+        contexts = open_contexts(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose)
         try:
+            # The context the method needs first is loaded before the clock starts, as before auto.
+            contexts("embed" if job.settings.method == "embed" else "prompt")
             started = time.perf_counter()
-            result = run(loaded.model, job, progress=progress)
+            result = run(contexts, job, progress=progress)
             seconds = time.perf_counter() - started
+            first = contexts.loaded()[0]
+            name, digest = first.name, first.sha256
         finally:
-            loaded.close()
-        name, digest = loaded.name, loaded.sha256
+            contexts.close()
     return Outcome(result, name, digest, seconds, manifest(job, result, model_name=name, model_sha256=digest))
 
 
@@ -526,35 +624,29 @@ def preview(job: Job, *, model: str | None = None, sha256: str | None = None, ct
     from .. import loader, runtime
 
     runtime.prefer_batch_invariant_kernels()
-    loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, **job.load_options())
+    loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, **load_options("prompt"))
     try:
         return show_prompt(loaded.model, job)
     finally:
         loaded.close()
 
 
-def check_embed_lengths(model: Model, job: Job) -> None:
-    """Refuse, before any embedding is computed, an example or item too long to embed, by name."""
-    from .embedding import check_lengths
+def open_contexts(model: str | None, *, sha256: str | None = None, ctx: int | None = None,
+                  threads: int | None = None, verbose: bool = False) -> Contexts:
+    """The job's contexts of one model, loaded by ``loader.load`` when first asked for."""
+    from .. import loader
 
-    source = job.input_path or tabular.STDIN_NAME
-    names = [f"example on line {e.line} of {job.examples_path}" for e in job.examples]
-    names += [item_name(i, source) for i in job.items]
-    try:
-        check_lengths(model, [e.text for e in job.examples] + [i.text for i in job.items])
-    except ContextOverflowError as exc:
-        raise _named(exc, names) from None
+    return Contexts(lambda kind: loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose,
+                                             **load_options(kind)),
+                    model_of=lambda loaded: loaded.model, close=lambda loaded: loaded.close())
 
 
-def embed_items(model: Model, items: Sequence[Item], *, normalize: bool = True,
-                source: str | None = None) -> np.ndarray:
-    """``llmlocal embed``: one vector per item, in order; a text too long is named by id and line."""
+def embed_items(model: Model, items: Sequence[Item], *, normalize: bool = True) -> Embeddings:
+    """``llmlocal embed``: one vector per item, in order (a text longer than a batch is embedded in
+    pieces and averaged: see embedding.embed_texts)."""
     from .embedding import embed_texts
 
-    try:
-        return embed_texts(model, [i.text for i in items], normalize=normalize)
-    except ContextOverflowError as exc:
-        raise _named(exc, [item_name(i, source) for i in items]) from None
+    return embed_texts(model, [i.text for i in items], normalize=normalize)
 
 
 def evaluation_report(job: Job, result: ClassifyResult) -> dict:
@@ -562,11 +654,16 @@ def evaluation_report(job: Job, result: ClassifyResult) -> dict:
     from . import metrics
 
     settings = job.settings
+    # A row that failed counts as wrong, in a column of its own (as an abstention does), and at
+    # confidence 0 in the calibration bins.
     report = metrics.report(
-        [i.label or "" for i in result.items], [p.label for p in result.predictions], result.labels,
-        confidence=[p.confidence for p in result.predictions], top=[p.top for p in result.predictions],
+        [i.label or "" for i in result.items], [p.label or FAILED for p in result.predictions], result.labels,
+        confidence=[p.confidence or 0.0 for p in result.predictions], top=[p.top or FAILED for p in result.predictions],
         abstain_label=settings.abstain_label if settings.abstain_below is not None else None)
-    report["method"] = settings.method
+    report["method"] = result.method
+    report["rows"] = result.counts()
+    if len(result.choices) == 1:
+        report["auto"] = result.choices[0].as_dict()
     if job.k_fold is not None:
         report["k_fold"] = job.k_fold
     if job.holdout is not None:
@@ -576,7 +673,7 @@ def evaluation_report(job: Job, result: ClassifyResult) -> dict:
 
 def show_prompt(model: Model, job: Job, text: str | None = None) -> str:
     """The exact prompt for ``text`` (default: the first item), and what is scored after it."""
-    if job.settings.method != "prompt":
+    if job.settings.method not in PROMPT_METHODS:
         raise UsageError(f"{option('show_prompt')} applies to the prompt method")
     examples = list(job.examples)
     if job.k_fold is not None or job.holdout is not None:
@@ -622,7 +719,8 @@ def manifest(job: Job, result: ClassifyResult, *, model_name: str, model_sha256:
         "llmlocal_version": __version__,
         "llama_cpp_python_version": llama_cpp_version(),
         "model": {"name": model_name, "sha256": model_sha256},
-        "method": settings.method,
+        "method": result.method,  # what classified (auto's choice; per fold in "classifiers")
+        "method_requested": settings.method,
         "labels": result.labels,
         "examples": {"path": job.examples_path, "sha256": sha256_text_source(job.examples_path),
                      "lines_used": result.examples_used},
@@ -635,8 +733,12 @@ def manifest(job: Job, result: ClassifyResult, *, model_name: str, model_sha256:
         "abstain_label": settings.abstain_label if settings.abstain_below is not None else None,
         "k_fold": job.k_fold,
         "holdout": job.holdout,
+        "truncate": settings.truncate,
         "classifiers": result.classifiers,
+        "rows": result.counts(),
     }
+    if len(result.choices) == 1:
+        out["auto"] = result.choices[0].as_dict()
     if result.report is not None:
         out["evaluation"] = {k: result.report[k] for k in ("n", "accuracy", "macro_f1")}
     return out
@@ -713,16 +815,22 @@ def write_predictions(fh: IO[str], result: ClassifyResult, fmt: str, *, header: 
     if header is not None:
         raise UsageError(f"{option('json_header')} needs JSONL output; with CSV the manifest goes to "
                          "<output>.meta.json")
+    counts = result.counts()
+    flags = [name for name in ("truncated", "chunks") if counts["truncated" if name == "truncated" else "chunked"]]
     writer = csv.writer(fh, lineterminator="\n")
-    writer.writerow(["id", "label", "confidence"] + [f"p_{label}" for label in result.labels]
+    # The error column is always there, so a file's columns do not depend on whether a row failed.
+    writer.writerow(["id", "label", "confidence"] + [f"p_{label}" for label in result.labels] + flags + ["error"]
                     + (["gold"] if with_gold else []))
     for item, p in zip(result.items, result.predictions):
-        writer.writerow([p.id, p.label, p.confidence] + [p.probabilities[label] for label in result.labels]
-                        + ([item.label] if with_gold else []))
+        probs = p.probabilities or {}
+        extra = [{"truncated": int(p.truncated), "chunks": p.chunks}[name] for name in flags]
+        writer.writerow([p.id, "" if p.label is None else p.label, "" if p.confidence is None else p.confidence]
+                        + [probs.get(label, "") for label in result.labels] + extra
+                        + [p.error["message"] if p.error else ""] + ([item.label] if with_gold else []))
 
 
 
-def embed_manifest(items: Sequence[Item], vectors: np.ndarray, *, model_name: str, model_sha256: str | None,
+def embed_manifest(items: Sequence[Item], embedded: Embeddings, *, model_name: str, model_sha256: str | None,
                    input_path: str | None, normalized: bool, pooling: str) -> dict:
     """Provenance of ``llmlocal embed``: the model (vectors of two models are not comparable) and
     the item ids, which a ``.npy`` matrix cannot hold (row i is ``ids[i]``)."""
@@ -734,7 +842,9 @@ def embed_manifest(items: Sequence[Item], vectors: np.ndarray, *, model_name: st
             "model": {"name": model_name, "sha256": model_sha256},
             "input": {"path": path, "sha256": sha256_text_source(path), "items": len(items)},
             "pooling": pooling, "normalised": normalized,
-            "dimensions": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+            "dimensions": int(embedded.vectors.shape[1]) if embedded.vectors.ndim == 2 else 0,
+            # Texts longer than one batch: embedded in pieces, their vectors averaged by length.
+            "chunked": [i.id for i, c in zip(items, embedded.chunks) if c > 1],
             "ids": [i.id for i in items]}
 
 

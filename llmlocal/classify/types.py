@@ -31,12 +31,25 @@ class Item:
 
 @dataclass
 class Prediction:
+    """One item's answer. An item that could not be scored (it does not fit the context) has
+    ``error`` set and no label: the job goes on, and its row says why."""
+
     id: Any
-    label: str  # the answer: a label, or the abstain label
-    confidence: float  # probability of the most probable label
-    probabilities: dict[str, float]
-    top: str  # the most probable label, even when abstaining
+    label: str | None  # the answer: a label, or the abstain label; None when ``error``
+    confidence: float | None  # probability of the most probable label
+    probabilities: dict[str, float] | None
+    top: str | None  # the most probable label, even when abstaining
+    truncated: bool = False  # the prompt method scored the start of the text (--truncate)
+    chunks: int = 1  # the embedding method embedded the text in this many pieces
+    error: dict | None = None  # {"type", "message", "hint"}
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "label": self.label, "confidence": self.confidence,
-                "probabilities": self.probabilities}
+        out: dict[str, Any] = {"id": self.id, "label": self.label, "confidence": self.confidence,
+                               "probabilities": self.probabilities}
+        if self.truncated:
+            out["truncated"] = True
+        if self.chunks > 1:
+            out["chunks"] = self.chunks
+        if self.error is not None:
+            out["error"] = self.error
+        return out

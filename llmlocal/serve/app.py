@@ -401,12 +401,13 @@ class Api:
     async def classify(self, request: Request, body: Any) -> Response:
         req = oai.parse_classify(body)
         settings = classify.Settings(method=req.method, instructions=req.instructions, calibrate=req.calibrate,
-                                     max_examples=req.max_examples, abstain_below=req.abstain_below)
+                                     max_examples=req.max_examples, abstain_below=req.abstain_below,
+                                     truncate=req.truncate)
 
         def run(resident: Resident) -> dict:
-            labels, predictions = resident.classify(req.texts, req.labels, req.examples, settings=settings,
-                                                    key=req.key())
-            return oai.classify_response(resident.name, labels, predictions, method=req.method,
+            labels, predictions, described = resident.classify(req.texts, req.labels, req.examples,
+                                                               settings=settings, key=req.key())
+            return oai.classify_response(resident.name, labels, predictions, described=described,
                                          prompt_tokens=resident.tokens_in(req.texts))
 
         return JSONResponse(await self._off_loop(req.model, run))

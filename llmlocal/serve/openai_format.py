@@ -360,11 +360,12 @@ class ClassifyRequest:
     texts: list[str]
     labels: list[str] | None
     examples: list[tuple[str, str]]
-    method: str = "prompt"
+    method: str = "auto"
     calibrate: bool = False
     instructions: str | None = None
     max_examples: int | None = None
     abstain_below: float | None = None
+    truncate: bool = False
 
     def key(self) -> tuple:
         """What the classifier depends on (not the texts): equal keys may reuse one classifier."""
@@ -392,23 +393,35 @@ def parse_classify(body: Any) -> ClassifyRequest:
         examples.append((e["text"], e["label"]))
     if labels is None and not examples:
         raise _bad("give 'labels', or labelled 'examples' to take them from", "labels")
-    method = body.get("method") or "prompt"
-    if method not in ("prompt", "embed"):
-        raise _bad("'method' must be 'prompt' or 'embed'", "method")
+    calibrate = bool(_opt_bool(body, "calibrate"))
+    # As on the command line: auto, unless calibration (a prompt-method setting) is asked for.
+    method = body.get("method") or ("prompt" if calibrate else "auto")
+    methods = ("auto", "prompt", "embed", "combined")
+    if method not in methods:
+        raise _bad("'method' must be one of " + ", ".join(f"'{m}'" for m in methods), "method")
     return ClassifyRequest(
         model=model_name(body), texts=list(texts), labels=list(labels) if labels is not None else None,
-        examples=examples, method=method, calibrate=bool(_opt_bool(body, "calibrate")),
+        examples=examples, method=method, calibrate=calibrate,
         instructions=_opt_str(body, "instructions"),
         max_examples=_opt_number(body, "max_examples", low=0, integer=True),
-        abstain_below=_opt_number(body, "abstain_below", low=0, high=1))
+        abstain_below=_opt_number(body, "abstain_below", low=0, high=1),
+        truncate=bool(_opt_bool(body, "truncate")))
 
 
-def classify_response(model: str, labels: Sequence[str], predictions: Sequence[Any], *, method: str,
+def classify_response(model: str, labels: Sequence[str], predictions: Sequence[Any], *, described: dict,
                       prompt_tokens: int) -> dict:
-    data = [{"object": "classification", "index": i, "label": p.label, "confidence": p.confidence,
-             "probabilities": p.probabilities} for i, p in enumerate(predictions)]
-    return {"object": "list", "model": model, "method": method, "labels": list(labels), "data": data,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    """Our shape: one ``classification`` per input; ``method`` is what classified (auto's choice,
+    with its cross-validated scores under ``auto``); a row that failed has ``error`` and no label."""
+    data = []
+    for i, p in enumerate(predictions):
+        row = {"object": "classification", "index": i, **p.as_dict()}
+        del row["id"]  # the index is the id here
+        data.append(row)
+    out = {"object": "list", "model": model, "method": described.get("method"), "labels": list(labels),
+           "data": data, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+    if "auto" in described:
+        out["auto"] = described["auto"]
+    return out
 
 
 # ---------------------------------------------------------------- models

@@ -75,12 +75,12 @@ class Resident:
     def n_ctx_seq(self) -> int:
         return self.worker.n_ctx_seq
 
-    def _aux_model(self, method: str):
+    def _aux_model(self, kind: str):
         # Caller holds _aux_lock.
-        if method not in self._aux:
-            self._aux[method] = loader.load(self.ref, threads=self.options.threads,
-                                            verbose=self.options.verbose, **classify.load_options(method))
-        return self._aux[method].model
+        if kind not in self._aux:
+            self._aux[kind] = loader.load(self.ref, threads=self.options.threads,
+                                            verbose=self.options.verbose, **classify.load_options(kind))
+        return self._aux[kind].model
 
     def tokens_in(self, texts: list[str]) -> int:
         """How many tokens ``texts`` are (for the usage field)."""
@@ -89,10 +89,10 @@ class Resident:
     def embed(self, texts: list[str]) -> np.ndarray:
         """L2-normalised mean-pooled embeddings, one row per text."""
         with self._aux_lock:
-            return embedding.embed_texts(self._aux_model("embed"), texts)
+            return embedding.embed_texts(self._aux_model("embed"), texts).vectors
 
     def classify(self, texts: list[str], labels: list[str] | None, examples: list[tuple[str, str]], *,
-                 settings: classify.Settings, key: tuple) -> tuple[list[str], list[classify.Prediction]]:
+                 settings: classify.Settings, key: tuple) -> tuple[list[str], list[classify.Prediction], dict]:
         """Labels and predictions, as ``llmlocal classify`` makes them. A request whose key equals
         the previous one's reuses its classifier (and the prompt prefix already in the cache)."""
         exs = [classify.Example(text=t, label=label, line=i + 1) for i, (t, label) in enumerate(examples)]
@@ -105,10 +105,10 @@ class Resident:
                 chosen = classify.select_examples(exs, chosen_labels, max_examples=settings.max_examples,
                                                   seed=settings.seed)
                 self._classifier = None
-                clf = classify.build_classifier(self._aux_model(settings.method), chosen_labels, chosen, settings)
+                clf = classify.build_classifier(self._aux_model, chosen_labels, chosen, settings)
                 self._classifier = (key, clf)
             items = [classify.Item(id=i, text=t) for i, t in enumerate(texts)]
-            return list(clf.labels), classify.predict(clf, items, settings)
+            return list(clf.labels), classify.predict(clf, items, settings), classify.describe(clf)
 
     def close(self) -> None:
         self.worker.close()
