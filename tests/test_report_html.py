@@ -80,6 +80,14 @@ def test_mistakes_tie_by_input_order_and_skip_items_without_gold():
     assert [m["id"] for m in confident_mistakes(items, preds)] == [1, 0, 3]
 
 
+def test_items_that_were_not_scored_are_not_mistakes():
+    # A prediction with no top label (the item could not be scored) says nothing about confidence.
+    items = [Item(id=0, text="t", label="a"), Item(id=1, text="u", label="a")]
+    preds = [Prediction(id=0, label=None, confidence=None, probabilities=None, top=None),
+             Prediction(id=1, label="b", confidence=0.6, probabilities={}, top="b")]
+    assert [m["id"] for m in confident_mistakes(items, preds)] == [1]
+
+
 def test_long_texts_are_cut_with_an_ellipsis():
     items = [Item(id=0, text="x" * 2000, label="a"), Item(id=1, text="y" * TEXT_LIMIT, label="a")]
     preds = [Prediction(id=i, label="b", confidence=0.5, probabilities={}, top="b") for i in range(2)]

@@ -34,7 +34,8 @@ def confident_mistakes(items: Sequence[Item], predictions: Sequence[Prediction],
     """The ``n`` wrong predictions the classifier was surest of, surest first (ties: input order).
 
     A prediction is wrong when its most probable label (``top``, even if the answer was an
-    abstention) is not the item's gold label; items without a gold label are skipped. Texts are
+    abstention) is not the item's gold label; items without a gold label, and items that were not
+    scored at all (no top label: the text could not be classified), are skipped. Texts are
     cut to :data:`TEXT_LIMIT` characters, the last of which is then an ellipsis.
 
     Raises:
@@ -46,7 +47,7 @@ def confident_mistakes(items: Sequence[Item], predictions: Sequence[Prediction],
         {"id": item.id, "line": item.line, "text": _cut(item.text), "gold": item.label,
          "predicted": pred.top, "confidence": pred.confidence}
         for item, pred in zip(items, predictions)
-        if item.label is not None and pred.top != item.label
+        if item.label is not None and pred.top is not None and pred.top != item.label
     ]
     # sorted() is stable, so equal confidences keep their input order.
     return sorted(wrong, key=lambda m: -m["confidence"])[:n]
