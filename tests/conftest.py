@@ -12,6 +12,8 @@ import pytest
 # first (hubsim tests), and then it would try to reach huggingface.co for its agent registry.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
+# The browser fixtures live with their helpers; importing them here makes them every test's.
+from tests.browser import _chromium, browser_page  # noqa: F401
 from tests.models import smollm2_path
 
 

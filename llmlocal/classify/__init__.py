@@ -6,6 +6,7 @@
 - ``fewshot``: the prompt method (labels scored by log-probability after a cached prefix).
 - ``embedding``: the embedding method (pooled embeddings + logistic regression).
 - ``metrics``: accuracy, macro-F1, confusion, calibration.
+- ``report_html``: an evaluation as one self-contained HTML page (charts as inline SVG).
 """
 
 from .auto import Choice, CombinedClassifier, auto_summary
