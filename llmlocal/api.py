@@ -7,6 +7,14 @@
 A LocalModel keeps one Generator, so consecutive calls whose prompts share a start (the same
 system prompt, a growing conversation) evaluate only the new tokens; ``last.cached_tokens``
 says how many were re-used. Like the model under it, a LocalModel serves one caller at a time.
+
+Classification and embeddings, for notebooks (the classify command's methods, ``auto`` by default):
+
+    >>> clf = m.classifier(examples=[{"text": "WIN a prize now", "label": "spam"}, ...])
+    >>> clf.method, clf.scores            # what auto chose, and every candidate's score
+    >>> clf.predict(["Lunch at 1?"])      # [{"text": ..., "label": "ham", "confidence": ...}]
+    >>> m.classify(texts, labels=["positive", "negative"])   # zero-shot
+    >>> m.embed(texts)                    # a numpy array, one row per text
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import engine, generate, loader
-from .errors import UsageError
+from .errors import InputFormatError, UsageError
 from .generate import Completion
 from .sampling import FIELDS, SamplingParams
 
@@ -34,7 +42,8 @@ def load(model: str | None = None, *, ctx: int | None = None, threads: int | Non
     Raises:
         UnknownModelError, NotInstalledError, GGUFError, ModelLoadError, InsufficientMemoryError.
     """
-    return LocalModel(loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose))
+    return LocalModel(loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose),
+                      ref=model, threads=threads)
 
 
 def sampling_params(sampling: dict[str, Any]) -> SamplingParams:
@@ -48,8 +57,10 @@ def sampling_params(sampling: dict[str, Any]) -> SamplingParams:
 class LocalModel:
     """A loaded model. Use it as a context manager, or call :meth:`close` to free its memory."""
 
-    def __init__(self, loaded: loader.Loaded) -> None:
+    def __init__(self, loaded: loader.Loaded, *, ref: str | None = None, threads: int | None = None) -> None:
         self._loaded: loader.Loaded | None = loaded
+        self._ref, self._threads = ref if ref is not None else str(loaded.path), threads
+        self._contexts: Any = None  # classification and embedding contexts, loaded on first use
         self._generator = generate.Generator(loaded.model)
         self._streaming = False
         self.name: str = loaded.name
@@ -68,6 +79,9 @@ class LocalModel:
 
     def close(self) -> None:
         """Free the model and its context. Safe to call twice."""
+        if self._contexts is not None:
+            self._contexts.close()
+            self._contexts = None
         if self._loaded is not None:
             self._loaded.close()
             self._loaded = None
@@ -95,6 +109,60 @@ class LocalModel:
 
     def detokenize(self, tokens: list[int]) -> str:
         return self._model().detokenize(list(tokens))
+
+    # -- classification and embeddings
+
+    def _classify_contexts(self):
+        from . import classify, runtime
+
+        self._model()
+        if self._contexts is None:
+            runtime.prefer_batch_invariant_kernels()  # effective if nothing was evaluated yet in this process
+            self._contexts = classify.open_contexts(self._ref, sha256=self.sha256, threads=self._threads)
+        return self._contexts
+
+    def classifier(self, examples: Any = None, labels: Any = None, *, method: str = "auto",
+                   **options: Any) -> Classifier:
+        """A reusable classifier from labelled ``examples`` and/or ``labels``.
+
+        ``examples``: dicts with ``text`` and ``label``, :class:`llmlocal.classify.Example`\\ s,
+        ``(text, label)`` pairs, or the path of a CSV/TSV/JSONL file with text and label columns.
+        ``labels``: a list (or ``"a,b"``); default: the examples' own. ``method``: auto (chosen by
+        cross-validation over the examples), prompt, embed or combined. ``options``: max_examples,
+        seed, calibrate (prompt), instructions, truncate, abstain_below, abstain_label, parallel.
+        """
+        from . import classify
+
+        exs = _examples(examples)
+        if isinstance(labels, str):
+            wanted: list[str] | None = classify.parse_labels(labels)
+        else:
+            wanted = None if labels is None else [str(x) for x in labels]
+        unknown = sorted(set(options) - _CLASSIFY_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown classify option(s) {unknown}; expected some of {sorted(_CLASSIFY_OPTIONS)}")
+        settings = classify.Settings(method=method, **options)
+        chosen_labels = classify.resolve_labels(wanted, exs, name="examples")
+        settings.validate(chosen_labels)
+        if method in ("embed", "combined") and not exs:
+            raise UsageError(f"method '{method}' learns from labelled examples: pass examples=...")
+        chosen = classify.select_examples(exs, chosen_labels, max_examples=settings.max_examples, seed=settings.seed)
+        clf = classify.build_classifier(self._classify_contexts(), chosen_labels, chosen, settings)
+        return Classifier(self, clf, settings)
+
+    def classify(self, texts: Any, labels: Any = None, examples: Any = None, *, method: str = "auto",
+                 **options: Any) -> list[dict]:
+        """Classify ``texts`` (any iterable of str: a list, a pandas Series) in one call; records in
+        input order (see :meth:`Classifier.predict`). Options as for :meth:`classifier`."""
+        return self.classifier(examples=examples, labels=labels, method=method, **options).predict(texts)
+
+    def embed(self, texts: Any, *, normalize: bool = True) -> Any:
+        """Mean-pooled embeddings as a numpy array, one row per text (L2-normalised unless told not);
+        a text longer than a batch is embedded in pieces, averaged."""
+        from .classify import embedding
+
+        items = _texts(texts)
+        return embedding.embed_texts(self._classify_contexts()("embed"), items, normalize=normalize).vectors
 
     # -- generation
 
@@ -183,3 +251,107 @@ class LocalModel:
                 self._streaming = False
 
         return drive()
+
+
+_CLASSIFY_OPTIONS = {"max_examples", "seed", "calibrate", "instructions", "truncate", "abstain_below", "abstain_label",
+                     "parallel", "chat"}
+
+
+class Classifier:
+    """A classifier built by :meth:`LocalModel.classifier`: its prompt stays cached between calls.
+
+    ``method``: what classifies (auto's choice when auto chose); ``scores``: auto's cross-validated
+    macro-F1 of every candidate (empty when no choice was made); ``labels``; ``description``: the
+    manifest's record of it.
+    """
+
+    def __init__(self, owner: LocalModel, clf: Any, settings: Any) -> None:
+        from . import classify
+
+        self._owner, self._clf, self._settings = owner, clf, settings
+        self.labels: list[str] = list(clf.labels)
+        self.description: dict = classify.describe(clf)
+        self.method: str = self.description["method"]
+        choice = getattr(clf, "choice", None)
+        self.scores: dict[str, float | None] = dict(choice.scores) if choice is not None else {}
+        self.choice: dict | None = choice.as_dict() if choice is not None else None
+
+    def __repr__(self) -> str:
+        return f"<Classifier {self.method} labels={self.labels}>"
+
+    def _predictions(self, texts: Any) -> tuple[list[str], list[Any]]:
+        from . import classify
+
+        self._owner._model()
+        items = [classify.Item(id=i, text=t) for i, t in enumerate(_texts(texts))]
+        return [i.text for i in items], classify.predict(self._clf, items, self._settings)
+
+    def predict(self, texts: Any) -> list[dict]:
+        """One record per text, in input order: ``text``, ``label``, ``confidence``,
+        ``probabilities`` (and ``truncated``, ``chunks`` or ``error`` when they apply). Plain
+        dicts: ``pandas.DataFrame(clf.predict(texts))`` takes them as they are."""
+        texts_, predictions = self._predictions(texts)
+        out = []
+        for text, p in zip(texts_, predictions):
+            row = p.as_dict()
+            del row["id"]
+            out.append({"text": text, **row})
+        return out
+
+    def evaluate(self, labelled: Any) -> dict:
+        """The report ``llmlocal eval`` prints, for labelled rows (as ``examples`` are given)."""
+        from .classify import metrics
+        from .classify.job import FAILED
+
+        rows = _examples(labelled)
+        if not rows:
+            raise UsageError("evaluate() needs labelled rows")
+        unknown = sorted({r.label for r in rows} - set(self.labels))
+        if unknown:
+            raise UsageError(f"gold label(s) not in the classifier's labels: {', '.join(unknown)}")
+        _, predictions = self._predictions([r.text for r in rows])
+        report = metrics.report([r.label for r in rows], [p.label or FAILED for p in predictions], self.labels,
+                                confidence=[p.confidence or 0.0 for p in predictions],
+                                top=[p.top or FAILED for p in predictions])
+        report["method"] = self.method
+        if self.choice is not None:
+            report["auto"] = self.choice
+        return report
+
+
+def _texts(texts: Any) -> list[str]:
+    """A list of str from any iterable of str (a single string is one text, not its characters)."""
+    if isinstance(texts, str):
+        return [texts]
+    try:
+        out = list(texts)
+    except TypeError:
+        raise UsageError(f"texts must be a string or an iterable of strings, not {type(texts).__name__}") from None
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise UsageError(f"text {i} is {type(t).__name__}, not str")
+    return out
+
+
+def _examples(examples: Any) -> list:
+    """Labelled examples from dicts, Example objects, (text, label) pairs, or a file's path."""
+    import os
+
+    from . import classify
+
+    if examples is None:
+        return []
+    if isinstance(examples, (str, os.PathLike)):
+        return classify.read_examples(os.fspath(examples))
+    out = []
+    for i, e in enumerate(examples):
+        if isinstance(e, classify.Example):
+            out.append(e)
+        elif isinstance(e, dict) and isinstance(e.get("text"), str) and isinstance(e.get("label"), str):
+            out.append(classify.Example(text=e["text"], label=e["label"].strip(), line=i + 1))
+        elif isinstance(e, (tuple, list)) and len(e) == 2 and all(isinstance(x, str) for x in e):
+            out.append(classify.Example(text=e[0], label=e[1].strip(), line=i + 1))
+        else:
+            raise InputFormatError("examples", "an example must be a {'text', 'label'} dict, an Example or a "
+                                   "(text, label) pair of strings", line=i + 1)
+    return out

@@ -784,10 +784,19 @@ def classify_options(f):
 
 
 def _classify(input_path: str | None, *, evaluate: str | None, model_opts: ModelOptions, input_opts: InputOptions,
-              classify_opts: ClassifyOptions, ray_opts: RayOptions | None = None) -> None:
+              classify_opts: ClassifyOptions, ray_opts: RayOptions | None = None, report: str | None = None,
+              compare: bool = False, suggest: int | None = None, suggest_output: str | None = None) -> None:
     from . import classify
+    from .classify import review
 
     o = classify_opts
+    review.check_report_path(report)
+    if report is not None and evaluate is None:
+        raise UsageError("--report needs an evaluation: use --evaluate FILE (or `llmlocal eval FILE`)")
+    if suggest_output is not None and suggest is None:
+        raise UsageError("--suggest-output writes the --suggest N items: add --suggest N")
+    if suggest is not None and suggest < 1:
+        raise UsageError("--suggest must be at least 1")
     settings = o.settings()
     labels = classify.parse_labels(o.labels) if o.labels is not None else None
     output, quiet, as_json, show = o.output, o.quiet, o.as_json, o.show_prompt
@@ -795,7 +804,10 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
     json_header = o.json_header
     if json_header and fmt != "jsonl":
         raise UsageError("--json-header needs JSONL output; with CSV the manifest is in <output>.meta.json")
-    classify.check_output(output, inputs=[input_path, evaluate, o.examples_path, o.template_path])
+    inputs = [input_path, evaluate, o.examples_path, o.template_path]
+    classify.check_output(output, inputs=inputs)
+    for extra in (report, suggest_output):
+        classify.check_output(extra, inputs=inputs + [output])
     job = classify.prepare(
         evaluate if evaluate is not None else input_path, labels=labels, examples_path=o.examples_path,
         template_path=o.template_path, settings=settings, evaluate=evaluate is not None, k_fold=o.k_fold,
@@ -820,7 +832,8 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
         bar = ItemProgress("classified", len(job.items), enabled=not quiet and sys.stderr.isatty())
         try:
             outcome = classify.execute(job, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=m.threads,
-                                       verbose=m.verbose, progress=bar.callback() if bar.enabled else None)
+                                       verbose=m.verbose, progress=bar.callback() if bar.enabled else None,
+                                       compare=compare)
         finally:
             bar.close()
     result, meta, model_name, model_sha256 = outcome.result, outcome.meta, outcome.model_name, outcome.model_sha256
@@ -836,6 +849,24 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
             _json_out({"model": model_name, "sha256": model_sha256, **result.report, "manifest": meta})
         else:
             click.echo(metrics.format_report(result.report))
+            if outcome.compared is not None:
+                click.echo("\nmethods compared on the same split (auto's choice marked):")
+                click.echo(review.format_compare(outcome.compared, result.report["majority_baseline"]))
+        if report is not None:
+            from .classify import report_html
+
+            report_html.write_report(report, review.html_report(result, meta, compared=outcome.compared))
+            if not quiet:
+                click.echo(f"report written to {report}", err=True)
+    if suggest is not None:
+        rows = review.least_sure(result.items, result.predictions, suggest)
+        if suggest_output is not None:
+            review.write_suggestions(rows, suggest_output)
+            if not quiet:
+                click.echo(f"{len(rows)} least-sure item(s) written to {suggest_output}: correct their labels "
+                           "and add them to your examples", err=True)
+        else:
+            click.echo(review.format_suggestions(rows), err=True)
     counts = result.counts()
     n = len(result.predictions)
     if not quiet:
@@ -856,6 +887,12 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
 @click.argument("input", required=False, metavar="[INPUT]")
 @click.option("--evaluate", metavar="FILE", help="Classify this labelled file instead and report accuracy, "
               "macro-F1, per-label scores, the confusion matrix and calibration (like `llmlocal eval`).")
+@click.option("--report", metavar="FILE.html", help="With --evaluate: also write the evaluation as one "
+              "self-contained HTML page (metrics, confusion heat map, reliability diagram, confident mistakes).")
+@click.option("--suggest", type=int, metavar="N", help="Show the N items the classifier is least sure of "
+              "(smallest margin between its top two labels): the ones to label next.")
+@click.option("--suggest-output", metavar="FILE", help="Write the --suggest items here instead (CSV/TSV/JSONL "
+              "with text and the guessed label: correct the labels, then add the rows to your examples).")
 @model_options
 @classify_options
 @ray_options
@@ -898,6 +935,9 @@ def classify_cmd(input: str | None, evaluate: str | None, **kw) -> None:
 
 @cli.command("eval")
 @click.argument("labelled", metavar="FILE")
+@click.option("--compare", is_flag=True, help="Evaluate every method (prompt, calibrated, embed, combined) on the "
+              "same split, then auto, and print one table.")
+@click.option("--report", metavar="FILE.html", help="Also write the evaluation as one self-contained HTML page.")
 @model_options
 @classify_options
 def eval_cmd(labelled: str, **kw) -> None:
@@ -912,6 +952,7 @@ def eval_cmd(labelled: str, **kw) -> None:
       llmlocal eval labelled.csv --k-fold 5 --max-examples 16
       llmlocal eval test.tsv -e train.tsv --calibrate --json
       llmlocal eval labelled.csv --holdout 0.5 --method embed
+      llmlocal eval labelled.csv --k-fold 5 --compare --report report.html
     """
     _classify(None, evaluate=labelled, **kw)
 

@@ -91,7 +91,7 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, 
 def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None = None, sequences: int = 1,
          ctx_cap: int | None = None, threads: int | None = None, n_seq_max: int = 1, n_batch: int = 512,
          embeddings: bool = False, verbose: bool = False, kv_unified: bool | None = None,
-         extra_buffers: bool | None = None) -> Loaded:
+         extra_buffers: bool | None = None, pooling: str = "mean") -> Loaded:
     """Resolve ``ref`` (default: :func:`default_model`), find its verified bytes, load it.
 
     ``sequences`` > 1 is a context for parallel decoding: each of that many sequences gets ``ctx``
@@ -111,7 +111,7 @@ def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None =
         kv_unified = False  # a stream per sequence: each attends over its own cells only
     options = runtime.LoadOptions(n_ctx=n_ctx, n_threads=threads, n_seq_max=max(n_seq_max, sequences),
                                   n_batch=min(n_batch, n_ctx), embeddings=embeddings, kv_unified=kv_unified,
-                                  extra_buffers=extra_buffers)
+                                  extra_buffers=extra_buffers, pooling=pooling)
     model = runtime.Model(path, options)
     if model.n_ctx != n_ctx:  # otherwise an overflow error would name a size nobody asked for
         log.info("context rounded up from %d to %d tokens (llama.cpp allocates it in steps of 256)",

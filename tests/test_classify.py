@@ -280,18 +280,17 @@ def test_multi_token_labels_are_scored_whole(equivalence):
 @pytest.mark.slow
 def test_classifier_in_process_smollm2(installed):
     """The library API: predictions in the label set, probabilities summing to 1, calibration."""
-    from llmlocal import loader
 
     rows = sample_rows()
     examples = [classify.Example(r["text"], r["label"]) for r in rows[:8]]
     items = [classify.Item(r["id"], r["text"]) for r in rows[30:36]]
-    loaded = loader.load("smollm2-135m", n_seq_max=64)
+    contexts = classify.open_contexts("smollm2-135m")
     try:
-        settings = classify.Settings(calibrate=True, abstain_below=0.999)
-        clf = classify.build_classifier(loaded.model, ["ham", "spam"], examples, settings)
+        settings = classify.Settings(method="prompt", calibrate=True, abstain_below=0.999)
+        clf = classify.build_classifier(contexts, ["ham", "spam"], examples, settings)
         preds = classify.predict(clf, items, settings)
     finally:
-        loaded.close()
+        contexts.close()
     assert [p.id for p in preds] == [r["id"] for r in rows[30:36]]
     for p in preds:
         assert p.top in ("ham", "spam") and p.label in ("ham", "spam", "unknown")
@@ -521,18 +520,25 @@ def test_predictions_and_manifest_are_replaced_together(installed, files):
     assert [p.name for p in files["dir"].iterdir() if p.name.startswith(".pred")] == []
 
 
-def test_a_text_too_long_to_embed_is_named_and_the_hint_is_true(installed, files):
-    """Issue #12: "text 222 ... raise --ctx", but --ctx 4096 failed the same way. The limit is the
-    batch (min(512, context)), so the message names the item and the hint does not offer --ctx."""
+def test_a_text_too_long_for_one_batch_is_embedded_in_pieces_and_the_job_goes_on(installed, files):
+    """Issue #14: one 700-token comment stopped a whole --method embed job ("text 222 is 696 tokens").
+    Now it is embedded in pieces whose vectors are averaged; its row says so, and so does the summary."""
     long_csv = files["dir"] / "long.csv"
-    long_csv.write_text("id,text\na,short text\nb," + "word " * 700 + "\n", encoding="utf-8")
-    for args in (["classify", "--method", "embed", "-e", str(files["examples"]), "--ctx", "4096", str(long_csv)],
-                 ["embed", "--ctx", "4096", str(long_csv)]):
-        result = run(*args)
-        assert result.exit_code == 1, result.output
-        assert f'Error: item "b" (line 3 of {long_csv}) is 70' in result.stderr, result.stderr
-        assert "an embedding takes at most 512" in result.stderr
-        assert "hint: shorten the text or split it into parts" in result.stderr and "--ctx" not in result.stderr
+    long_csv.write_text("id,text\na,short text\nb," + "word " * 700 + "\nc,\n", encoding="utf-8")
+    out = files["dir"] / "long.jsonl"
+    result = run("classify", "--method", "embed", "-e", str(files["examples"]), str(long_csv), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", "c"]
+    assert rows[1]["chunks"] == 2 and "chunks" not in rows[0] and rows[2]["label"] in ("ham", "spam")  # c: empty
+    assert "(1 chunked)" in result.stderr
+    meta = json.loads((files["dir"] / "long.jsonl.meta.json").read_text(encoding="utf-8"))
+    assert meta["rows"] == {"failed": 0, "truncated": 0, "chunked": 1}
+    vectors = files["dir"] / "long.npy"
+    result = run("embed", str(long_csv), "-o", str(vectors))
+    assert result.exit_code == 0, result.output
+    assert "1 text(s) longer than a batch embedded in pieces" in result.stderr
+    assert json.loads((files["dir"] / "long.npy.meta.json").read_text(encoding="utf-8"))["chunked"] == ["b"]
 
 
 def test_embed_writes_ids_model_and_hash_beside_the_vectors(installed, files):

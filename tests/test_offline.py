@@ -130,6 +130,9 @@ OFFLINE_COMMANDS = [
                  id="classify-embed"),
     pytest.param(["batch", "{dir}/prompts.txt", "-o", "{dir}/out.jsonl", "--temperature", "0", "-n", "4"],
                  id="batch"),
+    pytest.param(["eval", "{dir}/examples.csv", "--k-fold", "2", "--compare", "--report", "{dir}/report.html"],
+                 id="eval-compare-report"),
+    pytest.param(["classify", "-e", "{dir}/examples.csv", "{dir}/texts.txt", "--suggest", "1"], id="classify-suggest"),
 ]
 
 EXAMPLES = ("text,label\nWin a free prize now,spam\nSee you at lunch,ham\nClaim your cash reward,spam\n"

@@ -174,7 +174,10 @@ def test_classify_on_ray_gives_the_local_probabilities(cluster, tmp_path):
         for label, p in a["probabilities"].items():
             assert abs(p - b["probabilities"][label]) < 1e-4
     meta = json.loads((tmp_path / "ray.jsonl.meta.json").read_text())
-    assert meta["model"]["sha256"] and meta["classifiers"][0]["method"] == "prompt"
+    local_meta = json.loads((tmp_path / "local.jsonl.meta.json").read_text())
+    # Each worker made auto's choice itself, and made the one made here.
+    assert meta["model"]["sha256"] and meta["method"] == local_meta["method"]
+    assert meta["classifiers"][0]["auto"]["scores"] == local_meta["auto"]["scores"]
 
 
 def test_a_worker_with_other_bytes_fails_loudly(cluster, tmp_path):

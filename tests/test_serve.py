@@ -178,7 +178,7 @@ def test_embeddings_equal_the_embed_command(client, installed):
     assert np.allclose(got, np.array([d.embedding for d in as_floats.data]), atol=1e-6)
     loaded = loader.load("smollm2-135m", embeddings=True, n_seq_max=16)
     try:
-        want = embedding.embed_texts(loaded.model, texts)
+        want = embedding.embed_texts(loaded.model, texts).vectors
     finally:
         loaded.close()
     assert got.shape == want.shape == (2, 576)
@@ -187,7 +187,7 @@ def test_embeddings_equal_the_embed_command(client, installed):
 
 
 def test_classify_gives_the_classify_commands_probabilities(client, installed):
-    from llmlocal import classify, loader
+    from llmlocal import classify
 
     rows = [line.split("\t") for line in SAMPLE.read_text(encoding="utf-8").splitlines()[1:]]
     examples, items = rows[:12], rows[12:20]
@@ -199,11 +199,13 @@ def test_classify_gives_the_classify_commands_probabilities(client, installed):
 
     job = classify.Job(items=[classify.Item(id=i, text=t) for i, (_, _, t) in enumerate(items)],
                        labels=r["labels"], examples=[classify.Example(text=t, label=label) for _, label, t in examples])
-    loaded = loader.load("smollm2-135m", **job.load_options())
+    contexts = classify.open_contexts("smollm2-135m")
     try:
-        want = classify.run(loaded.model, job).predictions
+        result = classify.run(contexts, job)
+        want = result.predictions
     finally:
-        loaded.close()
+        contexts.close()
+    assert r["method"] == result.method and r["auto"]["chosen"] == result.method  # auto, as the command's default
     assert len(r["data"]) == len(want)
     for got, expected in zip(r["data"], want):
         assert got["label"] == expected.label

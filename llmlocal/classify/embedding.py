@@ -176,6 +176,13 @@ class LogisticRegression:
         return softmax(np.asarray(X, dtype=np.float64) @ self.W + self.b)
 
 
+def _centred(X: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """``X - center``, each row renormalised to length 1."""
+    out = X - center
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1.0)
+
+
 class EmbeddingClassifier:
     """Embeddings of the examples and items; logistic regression (C=10), or nearest centroid when
     a label has a single example (too little to fit a boundary with any confidence)."""
@@ -194,14 +201,21 @@ class EmbeddingClassifier:
         X = self.embed([e.text for e in examples])
         y = [self.labels.index(e.label) for e in examples]
         self.n_examples = len(examples)
+        self.center: np.ndarray | None = None
         if min(counts[label] for label in self.labels) < 2:
             self.kind = "nearest-centroid"
             centroids = np.stack([X[np.asarray(y) == j].mean(axis=0) for j in range(len(self.labels))])
             self.centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
             self.lr = None
         else:
+            # Centred on the examples' mean, then renormalised: mean-pooled LM vectors share a large
+            # common direction (cosines 0.7-0.9), which the regression would otherwise spend its
+            # few examples learning around. Measured on SMS with SmolLM2 (3 seeds): macro-F1
+            # 0.835 -> 0.861 at k = 8, 0.873 -> 0.891 at k = 32. Not for nearest centroid, whose
+            # scale was set on uncentred cosines (and two centred examples are only opposites).
             self.kind = "logistic-regression"
-            self.lr = LogisticRegression(C).fit(X, y, len(self.labels))
+            self.center = X.mean(axis=0)
+            self.lr = LogisticRegression(C).fit(_centred(X, self.center), y, len(self.labels))
 
     def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
@@ -218,14 +232,15 @@ class EmbeddingClassifier:
     def predict_proba(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         X = self.embed(texts, progress=progress)
         if self.lr is not None:
-            return self.lr.predict_proba(X)
+            assert self.center is not None
+            return self.lr.predict_proba(_centred(X, self.center))
         return softmax(CENTROID_SCALE * (X @ self.centroids.T))
 
     def describe(self) -> dict:
         out = {"method": self.method, "classifier": self.kind, "pooling": self.model.options.pooling,
                "normalised": True, "examples": self.n_examples}
         if self.lr is not None:
-            out.update(C=self.C, iterations=self.lr.iterations)
+            out.update(C=self.C, iterations=self.lr.iterations, centred=True)
         else:
             out["scale"] = CENTROID_SCALE
         return out

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import tabular
 from ..errors import InputFormatError, UsageError, option
-from .auto import CombinedClassifier, choose
+from .auto import CombinedClassifier, choose, fold_order
 from .embedding import EmbeddingClassifier, Embeddings
 from .fewshot import FewShotPrompt, Progress, PromptClassifier, Template
 from .types import Example, Item, Prediction
@@ -278,11 +278,14 @@ def build_classifier(contexts: Callable[[str], Model], labels: Sequence[str], ex
         return PromptClassifier(model, labels, exs, template=settings.template, instructions=settings.instructions,
                                 chat=chat, calibrate=calibrate, parallel=settings.parallel, share=share)
 
+    # Every method sees the examples in auto's fold-after-fold order (each quarter of the prompt
+    # balanced across labels), so --method prompt is exactly the prompt auto scores and may choose.
+    examples, folds = fold_order(examples, labels, seed=settings.seed)
     method, choice, whole = settings.method, None, None
     if method == "auto":
         embed_ok = bool(examples) and all(any(e.label == label for e in examples) for label in labels)
-        choice, examples, whole = choose(contexts, labels, examples, make_prompt=make_prompt, embedding_cache=cache,
-                                         C=settings.C, seed=settings.seed, embed_ok=embed_ok)
+        choice, whole = choose(contexts, labels, examples, folds, make_prompt=make_prompt, embedding_cache=cache,
+                               C=settings.C, embed_ok=embed_ok)
         method = choice.method
 
     def prompt_classifier(calibrate: bool) -> PromptClassifier:
@@ -577,12 +580,15 @@ class Outcome:
     model_sha256: str | None
     seconds: float  # classifying (on a cluster: the whole job)
     meta: dict
+    compared: list[dict] | None = None  # with compare: one row per method (review.compare)
 
 
 def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ctx: int | None = None,
             threads: int | None = None, verbose: bool = False, ray_address: str | None = None, workers: int = 2,
-            model_dir: str | None = None, progress: Progress | None = None) -> Outcome:
+            model_dir: str | None = None, progress: Progress | None = None, compare: bool = False) -> Outcome:
     """Run a prepared job here, or with ``ray_address`` on a Ray cluster (as batch.run_job does batch).
+
+    ``compare``: evaluate every method on the same split too (the result is auto's).
 
     Raises:
         model errors, UsageError, ContextOverflowError (naming the item), RayNotInstalled errors.
@@ -591,11 +597,14 @@ def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ct
 
     from .. import runtime
 
+    compared: list[dict] | None = None
     if ray_address is not None:
         from .. import distributed
 
         if ctx is not None:
             raise UsageError(f"{option('ctx')} is not used with Ray (each worker sizes its context)")
+        if compare:
+            raise UsageError(f"{option('compare')} runs on one machine; drop {option('ray')}")
         started = time.perf_counter()
         digest: str | None
         result, name, digest = distributed.run_classify(
@@ -609,13 +618,21 @@ def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ct
             # The context the method needs first is loaded before the clock starts, as before auto.
             contexts("embed" if job.settings.method == "embed" else "prompt")
             started = time.perf_counter()
-            result = run(contexts, job, progress=progress)
+            if compare:
+                from .review import compare as compare_methods
+
+                result, compared = compare_methods(contexts, job, progress=progress)
+            else:
+                result = run(contexts, job, progress=progress)
             seconds = time.perf_counter() - started
             first = contexts.loaded()[0]
             name, digest = first.name, first.sha256
         finally:
             contexts.close()
-    return Outcome(result, name, digest, seconds, manifest(job, result, model_name=name, model_sha256=digest))
+    meta = manifest(job, result, model_name=name, model_sha256=digest)
+    if compared is not None:
+        meta["compare"] = compared
+    return Outcome(result, name, digest, seconds, meta, compared)
 
 
 def preview(job: Job, *, model: str | None = None, sha256: str | None = None, ctx: int | None = None,
