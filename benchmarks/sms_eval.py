@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, help="held-out rows [sms: 500; squad: 300]")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--suggest", action="store_true", help="also the --suggest experiment (SMS, k = 8 + 8)")
+    ap.add_argument("--only-suggest", action="store_true", help="the --suggest experiment alone")
     ap.add_argument("--json", type=Path, help="also write every number here")
     args = ap.parse_args(argv)
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         contexts = classify.open_contexts(name, threads=args.threads)
         try:
-            for data in args.data:
+            for data in [] if args.only_suggest else args.data:
                 rows, labels, n_test, ks = read_sms() if data == "sms" else read_squad()
                 n_test = args.n_test or n_test
                 for k in args.k or ks:
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                         row["auto"] = row[choice.method]
                         classify_rows.append(row)
                         log(json.dumps(row))
-            if args.suggest and "sms" in args.data:
+            if args.suggest or args.only_suggest:
                 rows, labels, n_test, _ = read_sms()
                 for seed in args.seeds:
                     r = {"model": name, "seed": seed, **suggest_experiment(contexts, rows, labels, seed, n_test)}

@@ -473,14 +473,14 @@ def test_cli_label_without_examples_warns(installed, files):
 
 
 def test_failed_run_leaves_no_partial_output(installed, files):
+    """A job that cannot run (its prompt alone overflows the context) leaves the old output alone.
+    (One item too long no longer fails the job: it gets an error row, see test_classify_auto.py.)"""
     out = files["dir"] / "pred.jsonl"
     out.write_text("previous results\n", encoding="utf-8")
-    long_item = files["dir"] / "long.txt"
-    long_item.write_text("short one\n" + "word " * 400 + "\n", encoding="utf-8")
-    result = run("classify", "--ctx", "256", "-l", "spam,ham", str(long_item), "-o", str(out))
+    result = run("classify", "--method", "prompt", "--ctx", "256", "-e", str(files["examples"]),
+                 str(files["items_csv"]), "-o", str(out))
     assert result.exit_code == 1, result.output
-    assert "the context holds 256" in result.output
-    assert f"item 2 (line 2 of {long_item}): the prompt does not fit" in result.output  # not a list index
+    assert "the context holds 256" in result.output and "the prompt does not fit" in result.output
     assert out.read_text(encoding="utf-8") == "previous results\n"  # untouched
     assert not (files["dir"] / "pred.jsonl.meta.json").exists()
     assert [p.name for p in files["dir"].iterdir() if p.name.startswith(".pred")] == []  # no temp file left

@@ -165,6 +165,7 @@ def select_examples(examples: Sequence[Example], labels: Sequence[str], *, max_e
     Each label's examples are shuffled, then taken in turn (label 1, label 2, ...) until the budget
     is spent, and the chosen set is shuffled again so the prompt does not alternate predictably
     (few-shot prompts copy such patterns). Without a budget every example is used, in file order.
+    build_classifier then lays them out fold after fold (auto.fold_order), the order every method uses.
     """
     if max_examples is None:
         return list(examples)
@@ -482,8 +483,9 @@ def prepare(input_path: str | None, *, labels: Sequence[str] | None = None, exam
                     raise InputFormatError(table.name, f"gold label '{i.label}' is not one of the labels "
                                            f"({', '.join(labels)})", line=i.line)
     settings.validate(labels)
-    if settings.method == "embed" and not examples and k_fold is None and holdout is None:
-        raise UsageError(f"{option('method')} embed learns from labelled examples: give {option('examples')} FILE")
+    if settings.method in ("embed", "combined") and not examples and k_fold is None and holdout is None:
+        raise UsageError(f"{option('method')} {settings.method} learns from labelled examples: give "
+                         f"{option('examples')} FILE")
     return Job(items=items, labels=labels, examples=examples, settings=settings, evaluate=evaluate, k_fold=k_fold,
                holdout=holdout, input_path=path, examples_path=examples_path, template_path=template_path)
 
@@ -697,6 +699,7 @@ def show_prompt(model: Model, job: Job, text: str | None = None) -> str:
         raise UsageError(f"{option('show_prompt')} shows one prompt; with {option('k_fold')} or {option('holdout')} "
                          "each fold has its own")
     chosen = select_examples(examples, job.labels, max_examples=job.settings.max_examples, seed=job.settings.seed)
+    chosen = fold_order(chosen, job.labels, seed=job.settings.seed)[0]  # as build_classifier lays them out
     chat = default_chat(model) if job.settings.chat is None else job.settings.chat
     prompt = FewShotPrompt(model, job.labels, chosen, template=job.settings.template,
                            instructions=job.settings.instructions, chat=chat)
