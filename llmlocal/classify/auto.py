@@ -7,12 +7,12 @@ stratified folds: every example is predicted by a classifier built from the othe
 The items are never looked at, so the choice cannot overfit them.
 
 Why a few folds and not leave-one-out: a prompt without example i must be evaluated again from
-where i stood, so leave-one-out costs k prompt evaluations; four folds cost four, with three
-quarters of the examples each. The embedding method's folds cost nothing more than one embedding
-per example (the vectors are cached and only the logistic regression is refitted). Scoring the
-left-out examples of the prompt folds costs one item each, and calibration one content-free item
-per fold: in all about ``3k`` prompt-prefix tokens plus ``k + 4`` items, against ``n`` items for the
-job itself.
+where i stood, so leave-one-out costs about k/2 prompts of tokens. With four folds laid out one
+after the other (:func:`fold_order`), the prompt without fold j shares the whole prompt's cached
+cells up to fold j and evaluates only the rest: 1.5 prompts of tokens in all (the whole prompt
+itself is the final classifier's, kept in the cache). The embedding method's folds cost one
+embedding per example (cached; only the logistic regression is refitted). Scoring the left-out
+examples costs one item each, calibration one content-free item per fold.
 
 The rule, and why (measured by benchmarks/sms_eval.py over three seeds, SMS and SQuAD topics):
 the candidate with the best cross-validated macro-F1 wins, but over so few examples a difference
