@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from llmlocal import classify
 from llmlocal.classify import auto, fewshot, review
 from llmlocal.cli import cli
-
 from tests.browser import output_dir
 
 DATA = Path(__file__).resolve().parent / "data"
