@@ -14,24 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from llmlocal import classify
 from llmlocal.classify import auto, fewshot, review
-from llmlocal.cli import cli
 from tests.browser import output_dir
-
-DATA = Path(__file__).resolve().parent / "data"
-SAMPLE = DATA / "sms_sample.tsv"  # 40 SMS messages (26 ham, 14 spam): see data/SOURCE.md
-
-
-def run(*args: str, input: str | None = None):
-    return CliRunner().invoke(cli, list(args), input=input)
-
-
-def sample_rows() -> list[dict]:
-    with open(SAMPLE, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+from tests.test_classify import run, sample_rows  # the same CLI runner and 40 SMS rows
 
 
 @pytest.fixture
