@@ -280,7 +280,7 @@ class LabelScorer:
                 if a != b:
                     break
                 common += 1
-            common = min(common, len(self.prefix) - 1)  # its last token must be decoded here: it has logits
+            common = min(common, len(self.prefix) - 1)  # decode at least one token: a decode of none fails
             rest = len(self.prefix) - common
             if common > 0 and len(owner.prefix) + rest + longest + self._extra() + 1 <= model.n_ctx:
                 previous = _shared_owner.pop(model, None)
