@@ -55,9 +55,12 @@ class BrowserPage:
         return [url for url in self.requests if not url.startswith(LOCAL_SCHEMES)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def _chromium() -> Iterator[Any]:
-    """One browser per session (starting Chromium costs about a second); each test gets its own context.
+    """One browser per test module (starting Chromium costs about a second); each test gets its own
+    context. Not per session: Playwright's sync API keeps an asyncio loop marked running in the
+    main thread while it is started, and later tests that call asyncio.run() (the server's load
+    test) would fail.
 
     Playwright's launch() gives the browser a new, empty profile directory of its own and deletes it
     on close, so no test sees another run's cookies, cache or history.

@@ -327,7 +327,7 @@ def test_cli_csv_in_csv_out_with_manifest(installed, files):
     assert result.exit_code == 0, result.output
     with open(out, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["id", "label", "confidence", "p_spam", "p_ham"]  # labels in order of appearance
+    assert list(rows[0]) == ["id", "label", "confidence", "p_spam", "p_ham", "error"]  # labels in order of appearance
     assert [r["id"] for r in rows] == [r["id"] for r in sample_rows()[24:30]]  # input order
     for r in rows:
         assert r["label"] in ("ham", "spam")

@@ -211,8 +211,9 @@ class Settings:
         if self.method not in METHODS:
             raise UsageError(f"unknown method '{self.method}' (use one of {', '.join(METHODS)})")
         if self.calibrate and self.method != "prompt":
-            raise UsageError(f"{option('calibrate')} applies to {option('method')} prompt ({self.method} "
-                             "chooses calibration itself)", hint=f"use {option('method')} prompt {option('calibrate')}")
+            raise UsageError(f"{option('calibrate')} applies to the prompt method, not {option('method')} "
+                             f"{self.method} (auto and combined calibrate on their own)",
+                             hint=f"use {option('method')} prompt {option('calibrate')}")
         if self.method == "embed":
             if self.template is not None or self.instructions is not None:
                 raise UsageError(f"{option('template')} and {option('instructions')} apply to the prompt method, "
