@@ -322,8 +322,8 @@ def test_examples_that_do_not_fit_the_context_fail_with_counts(installed):
 @pytest.mark.slow
 def test_cli_csv_in_csv_out_with_manifest(installed, files):
     out = files["dir"] / "pred.csv"
-    result = run("classify", "-m", "smollm2-135m", "-e", str(files["examples"]), "--max-examples", "8",
-                 str(files["items_csv"]), "-o", str(out))
+    result = run("classify", "-m", "smollm2-135m", "--method", "prompt", "-e", str(files["examples"]),
+                 "--max-examples", "8", str(files["items_csv"]), "-o", str(out))
     assert result.exit_code == 0, result.output
     with open(out, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
