@@ -797,6 +797,8 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
         raise UsageError("--suggest-output writes the --suggest N items: add --suggest N")
     if suggest is not None and suggest < 1:
         raise UsageError("--suggest must be at least 1")
+    if suggest_output is not None:
+        review.suggestions_format(suggest_output)  # a name it cannot write fails now, not after the job
     settings = o.settings()
     labels = classify.parse_labels(o.labels) if o.labels is not None else None
     output, quiet, as_json, show = o.output, o.quiet, o.as_json, o.show_prompt

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import metrics
 from .embedding import EmbeddingClassifier
 from .fewshot import CONTENT_FREE, Progress, PromptClassifier, softmax
 from .types import Example
@@ -171,7 +172,6 @@ def choose(contexts: Callable[[str], Model], labels: Sequence[str], examples: Se
                       f"fewer than 2 examples of some label: no folds to score, so {method}",
                       seconds=time.perf_counter() - started), None
     ordered = list(examples)
-    y = np.array([list(labels).index(e.label) for e in ordered])
     raw = np.zeros((len(ordered), len(labels)))
     prior = np.zeros((len(ordered), len(labels)))
     emb = np.zeros((len(ordered), len(labels)))
@@ -202,8 +202,9 @@ def choose(contexts: Callable[[str], Model], labels: Sequence[str], examples: Se
         probs["embed"] = emb
         probs["combined"] = combine(probs["calibrated"], emb)
     scores = dict(unscored)
+    gold = [e.label for e in ordered]
     for m, p in probs.items():
-        scores[m] = _macro_f1(y, p.argmax(axis=1), len(labels))
+        scores[m] = metrics.macro_f1(gold, [labels[int(i)] for i in p.argmax(axis=1)], labels)
     method = pick(scores)
     # The whole prompt's evaluation is the chosen classifier's own cost when it uses the prompt
     # (it is kept and used); it is a cost of choosing only when the embeddings win.
@@ -212,13 +213,3 @@ def choose(contexts: Callable[[str], Model], labels: Sequence[str], examples: Se
                     f"the best cross-validated macro-F1, unless within {MARGIN} of the preferred "
                     f"({' > '.join(PREFERENCE)})", seconds=seconds, prompt_tokens=tokens)
     return choice, whole
-
-
-def _macro_f1(gold: np.ndarray, pred: np.ndarray, n: int) -> float:
-    f1s = []
-    for j in range(n):
-        tp = int(((pred == j) & (gold == j)).sum())
-        fp = int(((pred == j) & (gold != j)).sum())
-        fn = int(((pred != j) & (gold == j)).sum())
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(f1s))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import UsageError
-from .fewshot import Progress, softmax
+from .fewshot import Progress, even_spans, softmax
 
 if TYPE_CHECKING:
     from ..runtime import Model
@@ -103,19 +103,12 @@ def _pieces(model: Model, texts: Sequence[str]) -> tuple[list[list[int]], list[i
         if not body and not bos:
             body = model.tokenize(" ", add_special=False, parse_special=False)
         room = max(limit - len(bos), 1)
-        spans = _spans(len(body), room)
+        spans = even_spans(len(body), room) or [(0, 0)]  # an empty text: one (BOS-only) piece
         for a, b in spans:
             pieces.append(bos + body[a:b])
             owners.append(n)
         chunks.append(len(spans))
     return pieces, owners, chunks
-
-
-def _spans(n: int, limit: int) -> list[tuple[int, int]]:
-    """[start, end) spans of near-equal size, at most ``limit`` each (one empty span for n = 0)."""
-    k = max(1, -(-n // limit))
-    bounds = [round(i * n / k) for i in range(k + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class LogisticRegression:

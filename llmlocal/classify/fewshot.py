@@ -186,8 +186,8 @@ class FewShotPrompt:
 # ---------------------------------------------------------------- scoring
 
 
-def _chunks(n: int, limit: int) -> list[tuple[int, int]]:
-    """[start, end) spans of near-equal size, at most ``limit`` each."""
+def even_spans(n: int, limit: int) -> list[tuple[int, int]]:
+    """[start, end) spans of near-equal size, at most ``limit`` each (none for n = 0)."""
     k = -(-n // limit)
     bounds = [round(i * n / k) for i in range(k + 1)] if n else [0]
     return list(zip(bounds[:-1], bounds[1:]))
@@ -280,7 +280,6 @@ class LabelScorer:
                 if a != b:
                     break
                 common += 1
-            common = min(common, len(self.prefix) - 1)  # decode at least one token: a decode of none fails
             rest = len(self.prefix) - common
             if common > 0 and len(owner.prefix) + rest + longest + self._extra() + 1 <= model.n_ctx:
                 previous = _shared_owner.pop(model, None)
@@ -352,7 +351,7 @@ class LabelScorer:
     def _decode(self, entries: list, out: np.ndarray) -> None:
         """Evaluate (token, pos, seq ids, targets) entries; add each target's log-probability to ``out``."""
         model = self.model
-        for a, b in _chunks(len(entries), self.max_tokens):
+        for a, b in even_spans(len(entries), self.max_tokens):
             chunk = entries[a:b]
             tokens, positions = [e[0] for e in chunk], [e[1] for e in chunk]
             seqs, wanted = [e[2] for e in chunk], [e[3] is not None for e in chunk]

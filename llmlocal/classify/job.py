@@ -21,7 +21,7 @@ from .. import tabular
 from ..errors import InputFormatError, UsageError, option
 from .auto import CombinedClassifier, choose, fold_order
 from .embedding import EmbeddingClassifier, Embeddings
-from .fewshot import FewShotPrompt, Progress, PromptClassifier, Template
+from .fewshot import Admission, FewShotPrompt, Progress, PromptClassifier, Template
 from .types import Example, Item, Prediction
 
 if TYPE_CHECKING:
@@ -337,9 +337,7 @@ def predict(classifier: Classifier, items: Sequence[Item], settings: Settings, *
     if isinstance(prompt_part, PromptClassifier):
         admitted = prompt_part.admit(texts, truncate=settings.truncate)
     else:
-        from .fewshot import Admission
-
-        admitted = [Admission(t) for t in texts]
+        admitted = [Admission(t) for t in texts]  # embeddings take any length
     ok = [n for n, a in enumerate(admitted) if a.error is None]
     scored = [admitted[n].text or "" for n in ok]
     if isinstance(classifier, CombinedClassifier):

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError, option
-from . import metrics
 from .fewshot import Progress
 from .types import Item, Prediction
 
@@ -137,23 +136,30 @@ def write_suggestions(rows: Sequence[dict], path: str) -> None:
 
     from ..atomic import write_failure, write_text
 
-    lower = path.lower()
-    if lower.endswith((".jsonl", ".ndjson")):
+    fmt = suggestions_format(path)
+    if fmt == "jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    elif lower.endswith((".csv", ".tsv")):
+    else:
         buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="\t" if lower.endswith(".tsv") else ",", lineterminator="\n")
+        writer = csv.writer(buf, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
         writer.writerow(["text", "label", "id", "line", "margin"])
         for r in rows:
             writer.writerow([r["text"], r["label"], r["id"], r["line"], r["margin"]])
         text = buf.getvalue()
-    else:
-        raise UsageError(f"cannot tell the format of '{path}' from its extension",
-                         hint="name it .csv, .tsv or .jsonl")
     try:
         write_text(path, text)
     except OSError as exc:
         raise write_failure(path, exc, next_step=f"run it again: {path} is as it was") from None
+
+
+def suggestions_format(path: str) -> str:
+    """csv, tsv or jsonl, from the extension of a --suggest-output file (checked before any work)."""
+    lower = path.lower()
+    if lower.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if lower.endswith((".csv", ".tsv")):
+        return lower[-3:]
+    raise UsageError(f"cannot tell the format of '{path}' from its extension", hint="name it .csv, .tsv or .jsonl")
 
 
 def format_suggestions(rows: Sequence[dict]) -> str:
@@ -190,4 +196,4 @@ def check_report_path(path: str | None) -> None:
 
 
 __all__ = ["COMPARED", "check_report_path", "compare", "format_compare", "format_suggestions", "html_report",
-           "least_sure", "metrics", "write_suggestions"]
+           "least_sure", "suggestions_format", "write_suggestions"]
