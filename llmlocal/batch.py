@@ -20,7 +20,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -197,8 +197,7 @@ class JobSettings:
     ctx: int = 4096  # tokens per sequence
 
     def compared(self) -> dict[str, Any]:
-        p = asdict(self.params)
-        p["stop"] = list(self.params.stop)
+        p = self.params.as_dict()
         return {**{k: p[k] for k in _COMPARED if k in p}, "system": self.system, "raw": self.raw,
                 "ctx": self.ctx}
 

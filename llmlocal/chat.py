@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import atomic, sampling, tabular
@@ -179,7 +179,7 @@ class ChatSession:
             result = Completion(text=kept, finish_reason="interrupted", prompt_tokens=len(tokens),
                                 completion_tokens=produced, cached_tokens=cached,
                                 prompt_seconds=first_at - started, gen_seconds=time.perf_counter() - first_at,
-                                params=asdict(self.params))
+                                params=self.params.as_dict())
             self._record(user, result)
             raise
         except BaseException:

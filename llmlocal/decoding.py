@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from . import structured
 
 if TYPE_CHECKING:
     from .generate import Completion
-    from .runtime import Model
+    from .runtime import Model, TokenLogprob
     from .sampling import SamplingParams
 
 
@@ -63,18 +65,24 @@ class TokenDecoder:
 
     ``finish_reason`` becomes "stop" (an end-of-generation token or a stop sequence), "length"
     (``max_tokens`` produced) or "context" (the sequence fills ``n_ctx``); a token that ends the
-    generation needs no decode.
+    generation needs no decode. Under a JSON constraint, generation stops as soon as the value is
+    complete (the grammar would allow only a space and the end then). With logprobs on, each
+    produced token's log-probability is kept in OpenAI's shape.
     """
 
     def __init__(self, model: Model, params: SamplingParams, *, n_ctx: int, ignore_eos: bool = False) -> None:
         self._model = model
         self._max_tokens = params.max_tokens
         self._n_ctx = n_ctx
-        self._ignore_eos = ignore_eos
+        self.constraint = params.constraint
+        # A grammar allows an end-of-generation token only where it is complete: never ignore it then.
+        self._ignore_eos = ignore_eos and self.constraint is None
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stops = StopFilter(params.stop)
         self.produced = 0
         self.finish_reason: str | None = "length" if params.max_tokens == 0 else None
+        self.completed = False  # the constraint's grammar reached its end
+        self.logprobs: list[dict[str, Any]] | None = [] if params.logprobs is not None else None
 
     @property
     def text(self) -> str:
@@ -84,20 +92,43 @@ class TokenDecoder:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def push(self, token: int, length: int) -> str:
+    def push(self, token: int, length: int, logprob: TokenLogprob | None = None) -> str:
         """The new text that ``token`` adds; ``length`` is the sequence's length counting it."""
         if self._model.is_eog(token) and not self._ignore_eos:
+            self.completed = self.constraint is not None  # the grammar allowed the end here
             return self._end("stop")
         self.produced += 1
-        out = self.stops.feed(self._utf8.decode(self._model.piece(token)))
+        piece = self._model.piece(token)
+        if self.logprobs is not None and logprob is not None:
+            self.logprobs.append(self._logprob_entry(piece, logprob))
+        text = self._utf8.decode(piece)
+        out = self.stops.feed(text)
         if self.stops.stopped:
             self.finish_reason = "stop"  # the text is cut at the stop sequence: nothing held back
             return out
+        if self.constraint is not None and self.constraint.is_json and text and structured.closes(self.text):
+            self.completed = True
+            return out + self._end("stop")
         if self.produced >= self._max_tokens:
             return out + self._end("length")
         if length >= self._n_ctx:
             return out + self._end("context")
         return out
+
+    def _logprob_entry(self, piece: bytes, lp: TokenLogprob) -> dict[str, Any]:
+        def entry(raw: bytes, value: float) -> dict[str, Any]:
+            return {"token": raw.decode("utf-8", "replace"), "logprob": value, "bytes": list(raw)}
+
+        return {**entry(piece, lp.logprob), "top_logprobs": [entry(self._model.piece(t), v) for t, v in lp.top]}
+
+    def result(self) -> dict[str, Any]:
+        """The Completion fields that come from the decoder (the one place that judges a constraint)."""
+        reason = self.finish_reason or "length"
+        checked = None
+        if self.constraint is not None:
+            checked = structured.check(self.constraint, self.text, reason, ended_by_grammar=self.completed)
+        return {"text": self.text, "finish_reason": reason, "completion_tokens": self.produced,
+                "checked": checked, "logprobs": self.logprobs}
 
     def _end(self, reason: str) -> str:
         self.finish_reason = reason

@@ -20,11 +20,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .decoding import TokenDecoder
-from .errors import ContextOverflowError, DecodeError, UsageError, option
+from .errors import ContextOverflowError, DecodeError, InvalidSchemaError, UsageError, option
 from .generate import Completion, common_prefix
 from .runtime import Model, Sampler, SamplingParams
 
@@ -192,7 +192,8 @@ class Engine:
         """Queue a request; it starts when a slot is free.
 
         Raises (before queueing): UsageError for bad sampling parameters or an empty prompt,
-        ContextOverflowError for a prompt that does not fit one sequence's share of the context.
+        ContextOverflowError for a prompt that does not fit one sequence's share of the context,
+        InvalidSchemaError for a grammar llama.cpp cannot parse.
         """
         request.params.validate()
         # A random seed becomes a concrete one here, so the result records the seed really used.
@@ -201,6 +202,7 @@ class Engine:
             raise UsageError("empty prompt: nothing to evaluate")
         if len(request.tokens) >= self.n_ctx_seq:
             raise ContextOverflowError(len(request.tokens), self.n_ctx_seq, needed=len(request.tokens) + 1)
+        self.model.check_sampling(request.params)  # a grammar llama.cpp cannot parse fails here, not in a step
         handle = Handle(request, self._submitted)
         self._submitted += 1
         self._queue.append(handle)
@@ -326,7 +328,7 @@ class Engine:
                     break
                 try:
                     self.submit(request)
-                except (UsageError, ContextOverflowError) as exc:
+                except (UsageError, ContextOverflowError, InvalidSchemaError) as exc:
                     yield request, exc
             if self.idle:
                 if exhausted:
@@ -365,7 +367,7 @@ class Engine:
             slot.decoder = TokenDecoder(self.model, req.params, n_ctx=self.n_ctx_seq, ignore_eos=self.ignore_eos)
             handle.state = "prefill"
             if slot.out.done:  # max_tokens 0: nothing to generate, "length", as Generator
-                events.append(self._finish(slot, slot.out.finish_reason))
+                events.append(self._finish(slot))
                 continue
             slot.waiting_on = None
             if self.share_prefix:
@@ -418,24 +420,23 @@ class Engine:
         token = slot.sampler.sample(slot.batch_index)
         self.stats.gen_tokens += 1
         decoder = slot.out
-        out = decoder.push(token, len(slot.tokens) + 1)
+        out = decoder.push(token, len(slot.tokens) + 1, slot.sampler.last)
         if out:
             events.append(TokenText(slot.busy, out))
         if decoder.done:
-            events.append(self._finish(slot, decoder.finish_reason))
+            events.append(self._finish(slot))
         else:
             slot.tokens.append(token)
 
-    def _finish(self, slot: _Slot, reason: str | None) -> Finished:
+    def _finish(self, slot: _Slot) -> Finished:
         handle = slot.busy
         now = time.perf_counter()
         prefilled = handle.prefilled_at if handle.prefilled_at is not None else now
         admitted = handle.admitted_at if handle.admitted_at is not None else now
         handle.completion = Completion(
-            text=slot.out.text, finish_reason=reason or "length", prompt_tokens=slot.n_prompt,
-            completion_tokens=slot.out.produced, cached_tokens=slot.shared,
+            **slot.out.result(), prompt_tokens=slot.n_prompt, cached_tokens=slot.shared,
             prompt_seconds=prefilled - admitted, gen_seconds=now - prefilled,
-            params=asdict(handle.request.params),
+            params=handle.request.params.as_dict(),
         )
         handle.state = "finished"
         handle.finished_at = now

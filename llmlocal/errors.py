@@ -103,6 +103,18 @@ class InvalidParameterError(UsageError):
         self.field = field
 
 
+class InvalidSchemaError(LlmlocalError, ValueError):
+    """A JSON schema or GBNF grammar that cannot hold a generation (refused before any token)."""
+
+
+class StructuredOutputError(LlmlocalError, ValueError):
+    """A constrained generation that did not produce a valid value (``completion`` has what it did)."""
+
+    def __init__(self, message: str, *, completion: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.completion = completion
+
+
 class CatalogError(LlmlocalError, ValueError):
     """A models.toml file is unreadable or has a bad entry."""
 

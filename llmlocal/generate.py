@@ -10,12 +10,14 @@ import collections.abc as cabc
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 from .decoding import Stream, TokenDecoder
 from .errors import ContextOverflowError, UsageError, option
-from .runtime import Model
+from .runtime import Model, Sampler
 from .sampling import SamplingParams
+from .structured import Checked
 
 
 @dataclass
@@ -31,6 +33,13 @@ class Completion:
     gen_seconds: float = 0.0
     truncated_tokens: int = 0  # prompt tokens dropped by --truncate
     params: dict = field(default_factory=dict)
+    checked: Checked | None = None  # under a constraint: the parsed value and whether it is valid
+    logprobs: list[dict[str, Any]] | None = None  # with params.logprobs: one entry per token (OpenAI's shape)
+
+    @property
+    def value(self) -> Any:
+        """The parsed JSON value of a JSON-constrained generation (None otherwise)."""
+        return self.checked.value if self.checked is not None else None
 
     @property
     def prompt_tps(self) -> float:
@@ -87,31 +96,33 @@ class Generator:
     def stream(self, tokens: list[int], params: SamplingParams) -> Stream:
         """The text as it is generated; the Stream's ``completion`` holds the result afterwards.
 
-        Bad parameters and a prompt that does not fit raise here, before the first piece.
+        Bad parameters, a grammar llama.cpp cannot parse and a prompt that does not fit raise
+        here, before the first piece.
         """
         params.validate()
         params = params.resolved()  # a random seed is drawn here and recorded in the Completion
         if len(tokens) >= self.model.n_ctx:
             raise ContextOverflowError(len(tokens), self.model.n_ctx, needed=len(tokens) + 1)
-        return Stream(self._generate(tokens, params))
+        sampler = self.model.sampler(params)  # freed by the generation (or its close)
+        return Stream(self._generate(tokens, params, sampler))
 
-    def _generate(self, tokens: list[int], params: SamplingParams) -> cabc.Generator[str, None, Completion]:
+    def _generate(self, tokens: list[int], params: SamplingParams,
+                  sampler: Sampler) -> cabc.Generator[str, None, Completion]:
         model = self.model
-        started = time.perf_counter()
-        reused = self._prepare(tokens)
-        todo = tokens[reused:]
-        model.eval_prompt(todo, start=reused, seq_id=self.seq_id)
-        self.cached.extend(todo)
-        prompt_done = time.perf_counter()
-
-        sampler = model.sampler(params)
-        for t in tokens[-params.repeat_last_n:] if params.repeat_last_n > 0 else []:
-            sampler.accept(t)  # repeat penalties see the prompt, as in llama-cli
-        decoder = TokenDecoder(model, params, n_ctx=model.n_ctx)
         try:
+            started = time.perf_counter()
+            reused = self._prepare(tokens)
+            todo = tokens[reused:]
+            model.eval_prompt(todo, start=reused, seq_id=self.seq_id)
+            self.cached.extend(todo)
+            prompt_done = time.perf_counter()
+
+            for t in tokens[-params.repeat_last_n:] if params.repeat_last_n > 0 else []:
+                sampler.accept(t)  # repeat penalties see the prompt, as in llama-cli
+            decoder = TokenDecoder(model, params, n_ctx=model.n_ctx)
             while not decoder.done:
                 token = sampler.sample()
-                out = decoder.push(token, len(self.cached) + 1)
+                out = decoder.push(token, len(self.cached) + 1, sampler.last)
                 if out:
                     yield out
                 if decoder.done:
@@ -121,9 +132,9 @@ class Generator:
         finally:
             sampler.close()
         return Completion(
-            text=decoder.text, finish_reason=decoder.finish_reason or "length", prompt_tokens=len(tokens),
-            completion_tokens=decoder.produced, cached_tokens=reused, prompt_seconds=prompt_done - started,
-            gen_seconds=time.perf_counter() - prompt_done, params=asdict(params),
+            **decoder.result(), prompt_tokens=len(tokens), cached_tokens=reused,
+            prompt_seconds=prompt_done - started, gen_seconds=time.perf_counter() - prompt_done,
+            params=params.as_dict(),
         )
 
     def complete(self, tokens: list[int], params: SamplingParams,

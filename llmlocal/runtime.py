@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from . import gguf, hardware
-from .errors import DecodeError, InsufficientMemoryError, ModelClosedError, ModelLoadError, UsageError, option
+from .errors import (
+    DecodeError,
+    InsufficientMemoryError,
+    InvalidParameterError,
+    InvalidSchemaError,
+    ModelClosedError,
+    ModelLoadError,
+    UsageError,
+    option,
+)
 from .sampling import RANDOM_SEED, SamplingParams
 
 if TYPE_CHECKING:
@@ -468,19 +477,118 @@ class Model:
         self._live()
         return Sampler(self, params)
 
+    def check_sampling(self, params: SamplingParams) -> None:
+        """Raise now what making a sampler for ``params`` would: a grammar llama.cpp cannot parse,
+        a logit bias for a token outside the vocabulary. Free when neither is used."""
+        if params.constraint is not None or params.logit_bias:
+            self.sampler(params).close()
+
+
+def schema_to_gbnf(schema_json: str) -> str:
+    """llama-cpp-python's port of llama.cpp's JSON Schema to GBNF converter (see llmlocal.structured).
+
+    Its whitespace rule is one optional space (``space ::= " "?``), so a constrained JSON value
+    can never run away into blank lines; it raises AssertionError for a schema it cannot express.
+    """
+    _llama()
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(schema_json)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the model, and the most likely alternatives."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class _Candidates:
+    """A reusable llama_token_data_array over the whole vocabulary, filled from a logit row.
+
+    Only the grammar's slow path and logprobs need the row on the Python side; a NumPy record
+    array with llama_token_data's layout (int32 id, float logit, float p) is filled with two
+    vectorised copies instead of n_vocab ctypes writes.
+    """
+
+    def __init__(self, model: Model) -> None:
+        import numpy as np
+
+        lib = model._lib
+        self._n = n = model.n_vocab
+        dtype = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+        assert dtype.itemsize == ctypes.sizeof(lib.llama_token_data)
+        self._ids = np.arange(n, dtype=np.int32)
+        self.data = np.zeros(n, dtype=dtype)
+        self.array = lib.llama_token_data_array(
+            ctypes.cast(self.data.ctypes.data, ctypes.POINTER(lib.llama_token_data)), n, -1, False)
+        self._pointer = ctypes.byref(self.array)
+        self._one = (lib.llama_token_data * 1)()
+        self.one = lib.llama_token_data_array(self._one, 1, -1, False)
+        self._one_pointer = ctypes.byref(self.one)
+
+    def fill(self, logits) -> Any:
+        """The array (by reference) holding ``logits`` for every token, unsorted, nothing selected."""
+        # Field by field: a whole-record copy is ~20x slower in NumPy (1.4 ms for 262k entries).
+        self.data["id"] = self._ids  # samplers reorder the entries: restore ids in order
+        self.data["logit"] = logits
+        self.data["p"] = 0.0
+        self.array.data = ctypes.cast(self.data.ctypes.data, type(self.array.data))
+        self.array.size, self.array.selected, self.array.sorted = self._n, -1, False
+        return self._pointer
+
+    def selected(self) -> int:
+        # Read through the pointer: llama.cpp lets a sampler point ``data`` at its own buffer.
+        return int(self.array.data[self.array.selected].id)
+
+    def single(self, token: int) -> Any:
+        """A one-entry array holding ``token``: the grammar's cheap check of one sampled token."""
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self.one.size, self.one.selected, self.one.sorted = 1, -1, False
+        return self._one_pointer
+
+    def single_allowed(self) -> bool:
+        return self._one[0].logit != float("-inf")
+
 
 class Sampler:
-    """A llama.cpp sampler chain (penalties, top-k, top-p, min-p, temperature, seeded draw)."""
+    """A llama.cpp sampler chain (logit bias, penalties, top-k, top-p, min-p, temperature, seeded
+    draw), with an optional grammar the output must match and optional log-probabilities.
+
+    A grammar is applied as llama.cpp's common/sampling.cpp does: sample from the chain, check only
+    the chosen token against the grammar, and only when it is rejected apply the grammar to the
+    whole vocabulary and sample again. Checking every token of a 262k vocabulary each step is the
+    known slow path (llama.cpp #7554). The grammar only ever accepts tokens it allowed, so its
+    stack can never run empty under a non-final token (llama.cpp aborts the process then).
+    """
 
     def __init__(self, model: Model, params: SamplingParams) -> None:
         lib = self._lib = model._lib
         self._model = model
+        self._chain = self._grammar = None
+        self._candidates: _Candidates | None = None
+        self.logprobs = params.logprobs
+        self.last: TokenLogprob | None = None  # the last sampled token's, with logprobs on
+        self.rejections = 0  # tokens the grammar refused, each costing a full-vocabulary pass
         chain_params = lib.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain = lib.llama_sampler_chain_init(chain_params)
         add = lambda s: lib.llama_sampler_chain_add(self._chain, s)  # noqa: E731
-        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
-            add(lib.llama_sampler_init_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0))
+        if params.logit_bias:
+            bad = [t for t, _ in params.logit_bias if t >= model.n_vocab]
+            if bad:
+                self.close()
+                raise InvalidParameterError(f"{option('logit_bias')}: token {bad[0]} is not in the vocabulary "
+                                            f"(0..{model.n_vocab - 1})", field="logit_bias")
+            biases = (lib.llama_logit_bias * len(params.logit_bias))(*params.logit_bias)
+            add(lib.llama_sampler_init_logit_bias(model.n_vocab, len(params.logit_bias), biases))
+        penalised = (params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0
+                     or params.presence_penalty != 0.0)
+        if penalised and params.repeat_last_n != 0:
+            add(lib.llama_sampler_init_penalties(model.n_vocab, params.repeat_last_n, params.repeat_penalty,
+                                                 params.frequency_penalty, params.presence_penalty))
         if params.temperature <= 0:
             add(lib.llama_sampler_init_greedy())
         else:
@@ -493,24 +601,88 @@ class Sampler:
             add(lib.llama_sampler_init_temp(params.temperature))
             seed = params.seed if params.seed not in (None, RANDOM_SEED) else random.randrange(2**31)
             add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        constraint = params.constraint
+        if constraint is not None:
+            _recent_errors.clear()
+            self._grammar = lib.llama_sampler_init_grammar(model.vocab, constraint.grammar.encode("utf-8"), b"root")
+            if not self._grammar:  # NULL: llama.cpp could not parse it (its reason went to the log)
+                reason = next((e for e in reversed(_recent_errors) if "pars" in e), None)
+                self.close()
+                raise InvalidSchemaError("llama.cpp cannot parse the grammar"
+                                         + (f": {_grammar_reason(reason)}" if reason else ""),
+                                         hint="check it against llama.cpp's GBNF guide (grammars/README.md)")
+        if self._grammar is not None or self.logprobs is not None:
+            self._candidates = _Candidates(model)
 
     def sample(self, idx: int = -1) -> int:
         """Choose (and accept) the next token from output ``idx`` of the last decode."""
-        if self._model._ctx is None:
+        ctx = self._model._ctx
+        if ctx is None:
             self._model._live()
-        return self._lib.llama_sampler_sample(self._chain, self._model._ctx, idx)
+        if self._candidates is None:  # the hot path: one C call
+            return self._lib.llama_sampler_sample(self._chain, ctx, idx)
+        lib, cand = self._lib, self._candidates
+        logits = self._row(idx)
+        lib.llama_sampler_apply(self._chain, cand.fill(logits))
+        token = cand.selected()
+        if self._grammar is not None:
+            lib.llama_sampler_apply(self._grammar, cand.single(token))
+            if not cand.single_allowed():
+                self.rejections += 1
+                pointer = cand.fill(logits)
+                lib.llama_sampler_apply(self._grammar, pointer)
+                lib.llama_sampler_apply(self._chain, pointer)
+                token = cand.selected()
+            if not lib.llama_vocab_is_eog(self._model.vocab, token):
+                # An end-of-generation token is never fed to the grammar: generation ends with it,
+                # and llama.cpp aborts if its stacks are not complete at that point.
+                lib.llama_sampler_accept(self._grammar, token)
+        lib.llama_sampler_accept(self._chain, token)
+        if self.logprobs is not None:
+            self.last = _logprob(logits, token, self.logprobs)
+        return token
+
+    def _row(self, idx: int):
+        import numpy as np
+
+        ptr = self._lib.llama_get_logits_ith(self._model._ctx, idx)
+        return np.ctypeslib.as_array(ptr, shape=(self._model.n_vocab,))
 
     def accept(self, token: int) -> None:
-        """Feed a token the sampler did not choose (e.g. prompt history for repeat penalties)."""
+        """Feed history the sampler did not choose (the prompt, for repeat penalties); never the grammar."""
         self._lib.llama_sampler_accept(self._chain, token)
 
     def close(self) -> None:
         if self._chain:
             self._lib.llama_sampler_free(self._chain)
             self._chain = None
+        if self._grammar:
+            self._lib.llama_sampler_free(self._grammar)
+            self._grammar = None
 
     def __del__(self) -> None:  # pragma: no cover
         try:
             self.close()
         except Exception:
             pass
+
+
+def _logprob(logits, token: int, top: int) -> TokenLogprob:
+    """log-softmax of the raw logit row (the model's distribution, before sampling's reshaping)."""
+    import numpy as np
+
+    row = logits.astype(np.float64)
+    peak = row.max()
+    log_z = peak + np.log(np.exp(row - peak).sum())
+    alternatives: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        best = np.argpartition(-row, top - 1)[:top]
+        best = best[np.argsort(-row[best], kind="stable")]
+        alternatives = tuple((int(t), float(row[t] - log_z)) for t in best)
+    return TokenLogprob(token, float(row[token] - log_z), alternatives)
+
+
+def _grammar_reason(line: str) -> str:
+    # llama.cpp logs "parse: error parsing grammar: <reason>" and then the whole grammar.
+    text = line.split("error parsing grammar:", 1)[-1].strip()
+    return text.splitlines()[0] if text else line

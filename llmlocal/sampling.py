@@ -14,9 +14,12 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidParameterError, option
+
+if TYPE_CHECKING:
+    from .structured import Constraint
 
 # llama.cpp reads seed 0xFFFFFFFF (LLAMA_DEFAULT_SEED) as "pick one at random", so it can never
 # be a reproducible seed; -1 is the conventional way to ask for that (llama-cli, Ollama).
@@ -44,7 +47,13 @@ _RULES: dict[str, _Rule] = {
     "repeat_last_n": _Rule(int, low=0, high=_INT32_MAX),
     "seed": _Rule(int, low=RANDOM_SEED, high=MAX_SEED, why="-1 picks one at random"),
     "max_tokens": _Rule(int, low=0, high=_INT32_MAX),
+    # OpenAI's penalties (-2..2 there, checked by the server); llama.cpp takes any finite value.
+    "presence_penalty": _Rule(float, low=-100, high=100, interval=True, why="0 disables it"),
+    "frequency_penalty": _Rule(float, low=-100, high=100, interval=True, why="0 disables it"),
+    # How many alternatives to report with each token's log-probability (OpenAI's top_logprobs <= 20).
+    "logprobs": _Rule(int, low=0, high=20),
 }
+_BIAS = _Rule(float, low=-100, high=100, interval=True, why="-100 bans the token")
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,11 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh random seed, recorded in the result
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit), sorted by id
+    logprobs: int | None = None  # None: none; N: each token's log-probability and N alternatives
+    constraint: Constraint | None = None  # a grammar the output must match (llmlocal.structured)
 
     @classmethod
     def from_mapping(cls, obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str] = option,
@@ -82,7 +96,7 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Check a directly constructed instance by the same rules (the engine's last guard)."""
-        check(self.as_dict())
+        check({f.name: getattr(self, f.name) for f in fields(self)})
 
     def resolved(self) -> SamplingParams:
         """A copy with a concrete seed, so the result says how to reproduce it."""
@@ -91,9 +105,25 @@ class SamplingParams:
         return replace(self, seed=random.randrange(2**31))
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        """Plain JSON-ready values: what a result records as the parameters used."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in _OFF and v == _OFF[f.name]:
+                continue  # a feature not in use is not a parameter of this result (and old manifests match)
+            if f.name == "constraint":
+                v = v.as_dict() if v is not None else None
+            elif f.name == "logit_bias":
+                v = {str(t): b for t, b in v}
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
 
 
+# Fields left out of as_dict() while they have these values (their features are off).
+_OFF: dict[str, Any] = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": (), "logprobs": None,
+                        "constraint": None}
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingParams))
 
 
@@ -106,6 +136,16 @@ def check(obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str]
             continue
         if key == "stop":
             out["stop"] = normalise_stop(value, where=where, name=name)
+            continue
+        if key == "logit_bias":
+            out["logit_bias"] = normalise_bias(value, where=where, name=name)
+            continue
+        if key == "constraint":
+            from .structured import Constraint
+
+            if not isinstance(value, Constraint):
+                raise InvalidParameterError(f"{prefix}{name(key)} must be a structured.Constraint", field=key)
+            out[key] = value
             continue
         rule = _RULES.get(key)
         if rule is None:
@@ -136,6 +176,28 @@ def normalise_stop(value: Any, *, where: str = "", name: Callable[[str], str] = 
         prefix = f"{where}: " if where else ""
         raise InvalidParameterError(f"{prefix}{name('stop')} must be a string or a list of strings", field="stop")
     return tuple(s for s in value if s)
+
+
+def normalise_bias(value: Any, *, where: str = "",
+                   name: Callable[[str], str] = option) -> tuple[tuple[int, float], ...]:
+    """A logit bias ({token id: bias}, ids as ints or decimal strings as JSON has them) as sorted pairs."""
+    prefix = f"{where}: " if where else ""
+    items = value.items() if isinstance(value, Mapping) else value
+    if not isinstance(items, (list, tuple)) and not isinstance(value, Mapping):
+        raise InvalidParameterError(f"{prefix}{name('logit_bias')} must map token ids to numbers", field="logit_bias")
+    out: dict[int, float] = {}
+    for pair in items:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise InvalidParameterError(f"{prefix}{name('logit_bias')} must map token ids to numbers",
+                                        field="logit_bias")
+        token, bias = pair
+        if isinstance(token, str) and token.strip().isdigit():
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise InvalidParameterError(f"{prefix}{name('logit_bias')}: {token!r} is not a token id "
+                                        "(a non-negative integer)", field="logit_bias")
+        out[token] = float(_check_number("logit_bias", bias, _BIAS, prefix, name))
+    return tuple(sorted(out.items()))
 
 
 def _check_number(key: str, value: Any, rule: _Rule, prefix: str, name: Callable[[str], str]) -> int | float:
