@@ -10,16 +10,14 @@ This module imports nothing heavy, so request parsing never loads llama.cpp.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import InvalidParameterError, option
-
-if TYPE_CHECKING:
-    from .structured import Constraint
 
 # llama.cpp reads seed 0xFFFFFFFF (LLAMA_DEFAULT_SEED) as "pick one at random", so it can never
 # be a reproducible seed; -1 is the conventional way to ask for that (llama-cli, Ollama).
@@ -54,6 +52,43 @@ _RULES: dict[str, _Rule] = {
     "logprobs": _Rule(int, low=0, high=20),
 }
 _BIAS = _Rule(float, low=-100, high=100, interval=True, why="-100 bans the token")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a generation must match: a GBNF grammar the sampler enforces token by token.
+
+    ``kind``: "json" (any object), "schema" or "grammar". Built and checked by llmlocal.structured
+    (JSON Schema conversion, the concise form, validation afterwards); it lives here because it is
+    a sampling parameter like any other.
+
+    ``schema_text`` is the schema as canonical JSON (kept as text so the frozen SamplingParams that
+    carry a Constraint stay hashable and picklable to Ray workers).
+    """
+
+    kind: str
+    grammar: str
+    schema_text: str | None = None
+    name: str | None = None  # the schema's name (OpenAI's json_schema.name), for messages
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        return json.loads(self.schema_text) if self.schema_text is not None else None
+
+    @property
+    def is_json(self) -> bool:
+        return self.kind in ("json", "schema")
+
+    def as_dict(self) -> dict[str, Any]:
+        """For provenance: what held the generation."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "grammar":
+            out["grammar"] = self.grammar
+        else:
+            out["schema"] = self.schema
+        if self.name:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(frozen=True)
@@ -109,8 +144,6 @@ class SamplingParams:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in _OFF and v == _OFF[f.name]:
-                continue  # a feature not in use is not a parameter of this result (and old manifests match)
             if f.name == "constraint":
                 v = v.as_dict() if v is not None else None
             elif f.name == "logit_bias":
@@ -121,9 +154,6 @@ class SamplingParams:
         return out
 
 
-# Fields left out of as_dict() while they have these values (their features are off).
-_OFF: dict[str, Any] = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": (), "logprobs": None,
-                        "constraint": None}
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingParams))
 
 
@@ -141,10 +171,9 @@ def check(obj: Mapping[str, Any], *, where: str = "", name: Callable[[str], str]
             out["logit_bias"] = normalise_bias(value, where=where, name=name)
             continue
         if key == "constraint":
-            from .structured import Constraint
-
             if not isinstance(value, Constraint):
-                raise InvalidParameterError(f"{prefix}{name(key)} must be a structured.Constraint", field=key)
+                raise InvalidParameterError(f"{prefix}{name(key)} must be a Constraint (llmlocal.structured)",
+                                            field=key)
             out[key] = value
             continue
         rule = _RULES.get(key)

@@ -21,43 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidSchemaError, option
+from .sampling import Constraint
+
+__all__ = ["ANY_OBJECT", "Checked", "Constraint", "any_json", "check", "closes", "concise", "from_grammar",
+           "from_schema", "parse_option", "read_grammar", "validate"]
 
 # What `--format json` and OpenAI's {"type": "json_object"} mean: some JSON object (Ollama's and
 # OpenAI's reading; llama.cpp's json.gbnf root is an object too).
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """What a generation must match. ``kind``: "json" (any object), "schema" or "grammar".
-
-    ``schema_text`` is the schema as canonical JSON (kept as text so the frozen SamplingParams that
-    carry a Constraint stay hashable and picklable to Ray workers).
-    """
-
-    kind: str
-    grammar: str
-    schema_text: str | None = None
-    name: str | None = None  # the schema's name (OpenAI's json_schema.name), for messages
-
-    @property
-    def schema(self) -> dict[str, Any] | None:
-        return json.loads(self.schema_text) if self.schema_text is not None else None
-
-    @property
-    def is_json(self) -> bool:
-        return self.kind in ("json", "schema")
-
-    def as_dict(self) -> dict[str, Any]:
-        """For provenance: what held the generation."""
-        out: dict[str, Any] = {"kind": self.kind}
-        if self.kind == "grammar":
-            out["grammar"] = self.grammar
-        else:
-            out["schema"] = self.schema
-        if self.name:
-            out["name"] = self.name
-        return out
 
 
 @dataclass(frozen=True)
