@@ -73,10 +73,15 @@ class Handle:
 
 @dataclass(frozen=True)
 class TokenText:
-    """New text of a sequence (stop sequences already held back or cut)."""
+    """New text of a sequence (stop sequences already held back or cut).
+
+    ``logprobs``: with logprobs requested, the entries of the tokens sampled since the last event
+    (OpenAI's shape; a token whose text is held back by a stop sequence is reported with it).
+    """
 
     handle: Handle
     text: str
+    logprobs: list[dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class _Slot:
     waiting_on: _Slot | None = None  # another slot evaluating a prompt start this one will copy
     wait_until: int = 0  # ... once that slot has this many tokens in the cache
     batch_index: int = -1  # where this slot's logits are in the current batch (-1: none)
+    logprobs_sent: int = 0  # logprob entries already reported in TokenText events
 
     @property
     def free(self) -> bool:
@@ -422,7 +428,10 @@ class Engine:
         decoder = slot.out
         out = decoder.push(token, len(slot.tokens) + 1, slot.sampler.last)
         if out:
-            events.append(TokenText(slot.busy, out))
+            new = None
+            if decoder.logprobs is not None:
+                new, slot.logprobs_sent = decoder.logprobs[slot.logprobs_sent:], len(decoder.logprobs)
+            events.append(TokenText(slot.busy, out, new))
         if decoder.done:
             events.append(self._finish(slot))
         else:
@@ -459,7 +468,7 @@ class Engine:
             slot.sampler.close()
         slot.handle = slot.sampler = slot.decoder = slot.waiting_on = None
         slot.tokens = []
-        slot.n_past = slot.n_prompt = 0
+        slot.n_past = slot.n_prompt = slot.logprobs_sent = 0
         slot.batch_index = -1
         for other in self._slots:
             if other.waiting_on is slot:  # what it waited for is gone: take the best there is now
