@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from . import engine, generate, loader
-from .errors import InputFormatError, UsageError
+from . import engine, generate, loader, structured
+from .errors import InputFormatError, StructuredOutputError, UsageError
 from .generate import Completion
-from .sampling import FIELDS, SamplingParams
+from .sampling import FIELDS, Constraint, SamplingParams
 
 
 def load(model: str | None = None, *, ctx: int | None = None, threads: int | None = None,
@@ -46,12 +46,13 @@ def load(model: str | None = None, *, ctx: int | None = None, threads: int | Non
                       ref=model, threads=threads)
 
 
-def sampling_params(sampling: dict[str, Any]) -> SamplingParams:
+def sampling_params(sampling: dict[str, Any], constraint: Constraint | None = None) -> SamplingParams:
     """SamplingParams from keyword arguments, with a concrete seed; unknown names are a TypeError."""
-    unknown = sorted(set(sampling) - set(FIELDS))
+    unknown = sorted(set(sampling) - set(FIELDS) | ({"constraint"} & set(sampling)))
     if unknown:
-        raise TypeError(f"unknown sampling argument(s) {unknown}; expected some of {list(FIELDS)}")
-    return SamplingParams.from_mapping(sampling).resolved()
+        raise TypeError(f"unknown sampling argument(s) {unknown}; expected some of "
+                        f"{[f for f in FIELDS if f != 'constraint']} (and schema, grammar or format)")
+    return SamplingParams.from_mapping({**sampling, "constraint": constraint}).resolved()
 
 
 class LocalModel:
@@ -166,33 +167,76 @@ class LocalModel:
 
     # -- generation
 
-    def complete(self, prompt: str, *, raw: bool = False, system: str | None = None, **sampling: Any) -> str:
+    def complete(self, prompt: str, *, raw: bool = False, system: str | None = None, schema: Any = None,
+                 grammar: str | None = None, format: Any = None, **sampling: Any) -> str:
         """The model's reply to ``prompt`` (one user turn in the chat template, or as-is if ``raw``).
 
         ``sampling``: temperature, top_p, top_k, min_p, repeat_penalty, repeat_last_n, seed,
-        max_tokens, stop (a string or a list of strings); omitted ones take the CLI's defaults.
-        """
-        return "".join(self.stream(prompt, raw=raw, system=system, **sampling))
+        max_tokens, stop (a string or a list of strings), presence_penalty, frequency_penalty,
+        logit_bias ({token id: bias}), logprobs (N alternatives: in ``last.logprobs``); omitted
+        ones take the CLI's defaults.
 
-    def stream(self, prompt: str, *, raw: bool = False, system: str | None = None,
-               **sampling: Any) -> Iterator[str]:
+        Structured output (at most one): ``schema`` (a JSON Schema dict, a pydantic model class,
+        or ``--schema``'s text forms), ``grammar`` (GBNF text), ``format="json"`` (any JSON
+        object). The text is then the JSON; ``last.checked`` says whether it is valid and holds
+        the parsed value (:meth:`extract` raises instead).
+        """
+        return "".join(self.stream(prompt, raw=raw, system=system, schema=schema, grammar=grammar, format=format,
+                                   **sampling))
+
+    def stream(self, prompt: str, *, raw: bool = False, system: str | None = None, schema: Any = None,
+               grammar: str | None = None, format: Any = None, **sampling: Any) -> Iterator[str]:
         """Like :meth:`complete`, yielding text as it is generated.
 
-        Bad arguments and a prompt too long for the context raise here, before the first piece.
+        Bad arguments, a schema or grammar that cannot hold a generation, and a prompt too long
+        for the context raise here, before the first piece.
         """
         model = self._model()
-        params = sampling_params(sampling)
+        params = sampling_params(sampling, structured.resolve(schema=schema, grammar=grammar, format=format))
         tokens, _ = generate.prompt_tokens(model, prompt, raw=raw, system=system, max_tokens=params.max_tokens)
         return self._run(tokens, params)
 
-    def chat(self, messages: list[dict], **sampling: Any) -> str:
+    def extract(self, text: str, schema: Any, *, instructions: str | None = None, **sampling: Any) -> Any:
+        """The fields ``schema`` asks for, read from ``text``: a dict (or an instance of the
+        pydantic model given as ``schema``). Greedy (temperature 0) unless told otherwise.
+
+        The prompt shows the model the schema and the text (llmlocal.structured's extraction
+        prompt); the output is held to the schema and validated.
+
+        Raises:
+            StructuredOutputError: no valid value within ``max_tokens`` (``err.completion`` has
+                what was generated).
+            InvalidSchemaError: a schema that cannot hold a generation.
+        """
+        model = self._model()
+        constraint = structured.resolve(schema=schema)
+        assert constraint is not None
+        params = sampling_params({"temperature": 0, **sampling}, constraint)
+        raw = not model.chat_template()
+        system, user = structured.extraction_prompt(text, constraint, instructions=instructions, raw=raw)
+        tokens, _ = generate.prompt_tokens(model, user, raw=raw, system=system, max_tokens=params.max_tokens)
+        for _ in self._run(tokens, params):
+            pass
+        result = self.last
+        assert result is not None and result.checked is not None
+        if not result.checked.valid:
+            hint = (f"raise max_tokens (it was {params.max_tokens})" if result.finish_reason == "length"
+                    else "state the rule in instructions=, or relax the schema")
+            raise StructuredOutputError(f"no valid value: {result.checked.error}", completion=result, hint=hint)
+        value = result.checked.value
+        validate = getattr(schema, "model_validate", None)  # a pydantic model: return an instance of it
+        return validate(value) if isinstance(schema, type) and callable(validate) else value
+
+    def chat(self, messages: list[dict], *, schema: Any = None, grammar: str | None = None, format: Any = None,
+             **sampling: Any) -> str:
         """The assistant's reply to OpenAI-style ``messages`` ({"role", "content"} dicts).
 
         Stateless: the whole list is rendered with the model's chat template each time; the
-        KV cache still re-uses whatever start it shares with the previous call.
+        KV cache still re-uses whatever start it shares with the previous call. ``schema``,
+        ``grammar`` and ``format`` hold the reply as in :meth:`complete`.
         """
         model = self._model()
-        params = sampling_params(sampling)
+        params = sampling_params(sampling, structured.resolve(schema=schema, grammar=grammar, format=format))
         if not isinstance(messages, list) or not messages:
             raise UsageError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
         for i, msg in enumerate(messages):

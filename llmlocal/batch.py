@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, atomic, catalog, gguf, loader, runtime, sampling, store, tabular
+from . import __version__, atomic, catalog, gguf, loader, runtime, sampling, store, structured, tabular
 from .engine import Engine, Request, check_parallel
 from .errors import (
     BatchFailedError,
@@ -38,7 +38,7 @@ from .errors import (
 from .generate import Completion, prompt_tokens
 from .progress import ItemProgress
 from .runtime import Model
-from .sampling import SamplingParams
+from .sampling import Constraint, SamplingParams
 
 _log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ LINE_SAMPLING = ("max_tokens", "temperature", "stop", "seed")  # what a line may
 _FSYNC_SECONDS = 2.0  # a crash loses at most this much finished work to the page cache
 # The job-level settings a resume must share with the run that wrote the output.
 _COMPARED = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed",
-             "max_tokens", "stop", "system", "raw", "ctx")
+             "max_tokens", "stop", "constraint", "system", "raw", "ctx")
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -76,6 +76,7 @@ class BatchItem:
     temperature: float | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    constraint: Constraint | None = None  # the line's own schema or response_format
     error: str | None = None
 
     @property
@@ -182,6 +183,14 @@ def _fill_item(item: BatchItem, obj: dict) -> None:
         _check_unicode("".join(item.stop), "'stop'")
     if item.raw and item.messages is not None:
         raise ValueError("'raw' cannot be used with 'messages' (they need the chat template)")
+    given = [k for k in ("schema", "response_format") if obj.get(k) is not None]
+    if len(given) > 1:
+        raise ValueError("give 'schema' or 'response_format', not both")
+    # An InvalidSchemaError is a ValueError too: that line's error, before anything runs.
+    if given == ["schema"]:
+        item.constraint = structured.from_value(obj["schema"], what="'schema'")
+    elif given == ["response_format"]:
+        item.constraint = structured.from_response_format(obj["response_format"])
 
 
 # ---------------------------------------------------------------- settings and resume
@@ -371,12 +380,19 @@ def _item_tokens(model: Model, item: BatchItem, settings: JobSettings) -> list[i
 
 def _item_params(item: BatchItem, settings: JobSettings) -> SamplingParams:
     # Checked when the line was read; what the line does not set is the job's.
-    return replace(settings.params, **{k: v for k in LINE_SAMPLING if (v := getattr(item, k)) is not None})
+    own = {k: v for k in (*LINE_SAMPLING, "constraint") if (v := getattr(item, k)) is not None}
+    return replace(settings.params, **own)
 
 
 def _result_record(item: BatchItem, result: Completion) -> dict:
-    return {"id": item.id, "text": result.text, "finish_reason": result.finish_reason,
-            "usage": result.usage(), "timing": result.timings()}
+    record = {"id": item.id, "text": result.text, "finish_reason": result.finish_reason}
+    if result.checked is not None:
+        # A value that is not valid (cut by max_tokens, or breaking a rule the grammar cannot
+        # hold) is this line's error: counted as failed, never passed off as a result.
+        record.update(result.checked.fields())
+        if not result.checked.valid:
+            record.update(error_type="InvalidOutput", line=item.line)
+    return {**record, "usage": result.usage(), "timing": result.timings()}
 
 
 def _error_record(item: BatchItem, error: str | BaseException) -> dict:
@@ -482,7 +498,7 @@ def _write_results(total: int, todo: Sequence[BatchItem], results: Iterable[tupl
             summary.failed += 1
             if summary.first_error is None:
                 summary.first_error = record
-        else:
+        if "usage" in record:  # a constrained line whose value is not valid did generate
             summary.prompt_tokens += record["usage"]["prompt_tokens"]
             summary.completion_tokens += record["usage"]["completion_tokens"]
         waiting[index] = record

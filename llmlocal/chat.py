@@ -16,8 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import atomic, sampling, tabular
-from .errors import ContextOverflowError, InputFormatError, OutputNotWritableError, UsageError, option
+from . import atomic, sampling, structured, tabular
+from .errors import (
+    ContextOverflowError,
+    InputFormatError,
+    InvalidSchemaError,
+    OutputNotWritableError,
+    UsageError,
+    option,
+)
 from .generate import Completion, Generator, tokenize_prompt
 from .runtime import Model
 from .sampling import SamplingParams
@@ -262,13 +269,30 @@ class ChatSession:
         self.params = _with_param(self.params, key, parsed)
         return parsed
 
+    def set_format(self, value: str | dict | None) -> str:
+        """Hold replies to a format: "json" (any object), a schema (``--schema``'s forms, or a dict),
+        or "off"/None. Returns how it now reads (for /set)."""
+        text = value.strip() if isinstance(value, str) else value
+        if text is None or (isinstance(text, str) and text.lower() in ("off", "none", "text", "")):
+            constraint = None
+        elif isinstance(text, str) and text.lower() == "json":
+            constraint = structured.any_json()
+        elif isinstance(text, dict) and "grammar" in text:
+            constraint = structured.from_grammar(text["grammar"])
+        else:
+            constraint = structured.resolve(schema=text)
+        self.params = replace(self.params, constraint=constraint)
+        return format_name(constraint)
+
     # -- transcripts
 
     def to_dict(self) -> dict:
         """The transcript as saved: model, system, messages and sampling params."""
-        params = {k: getattr(self.params, k) for k in PARAMS}
+        params: dict = {k: getattr(self.params, k) for k in PARAMS}
         if self.params.stop:
             params["stop"] = list(self.params.stop)
+        if self.params.constraint is not None:
+            params["format"] = saved_format(self.params.constraint)
         return {"model": self.model_name, "system": self.system,
                 "messages": [dict(m) for m in self.messages], "params": params}
 
@@ -299,13 +323,21 @@ class ChatSession:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputFormatError(str(source), f"not a JSON transcript ({exc})") from None
         system, messages, params = _parse_transcript(str(source), data)
-        updated = self.params
+        updated = replace(self.params, constraint=None)
+        saved = params.pop("format", None)
         try:
             for key, value in params.items():
                 updated = _with_param(updated, key, value)
         except UsageError as exc:
             raise InputFormatError(str(source), f"bad params: {exc}") from None
-        self.system, self.messages, self.params = system, messages, updated
+        before = self.params
+        self.params = updated
+        try:
+            self.set_format(saved)
+        except (UsageError, InvalidSchemaError) as exc:
+            self.params = before
+            raise InputFormatError(str(source), f"bad params.format: {exc}") from None
+        self.system, self.messages = system, messages
         self.last = None
         self._first = 0
         saved_model = data.get("model")
@@ -358,8 +390,13 @@ def _parse_transcript(source: str, data: object) -> tuple[str | None, list[dict[
         raise InputFormatError(source, "'params' must be an object")
     chosen: dict = {}
     for key, value in params.items():
+        if key == "format":  # "json", a JSON Schema or {"grammar": text}: checked by set_format
+            if not (value is None or isinstance(value, (str, dict))):
+                raise InputFormatError(source, "'params.format' must be \"json\", a JSON Schema or null")
+            chosen[key] = value
+            continue
         if key != "stop" and key not in PARAMS:
-            raise InputFormatError(source, f"unknown param '{key}'; known: {', '.join(PARAMS)}, stop")
+            raise InputFormatError(source, f"unknown param '{key}'; known: {', '.join(PARAMS)}, stop, format")
         if key == "seed" and value is None:
             chosen[key] = None
             continue
@@ -368,6 +405,26 @@ def _parse_transcript(source: str, data: object) -> tuple[str | None, list[dict[
         except UsageError as exc:
             raise InputFormatError(source, str(exc)) from None
     return system, messages, chosen
+
+
+def format_name(constraint: structured.Constraint | None) -> str:
+    """How /set shows the reply format."""
+    if constraint is None:
+        return "off"
+    if constraint.kind == "json":
+        return "json"
+    if constraint.kind == "grammar":
+        return "a GBNF grammar"
+    return "schema " + json.dumps(constraint.schema, ensure_ascii=False)
+
+
+def saved_format(constraint: structured.Constraint) -> str | dict:
+    """The transcript's ``params.format``: "json", the schema, or {"grammar": text}."""
+    if constraint.kind == "json":
+        return "json"
+    if constraint.kind == "grammar":
+        return {"grammar": constraint.grammar}
+    return constraint.schema or {}
 
 
 def _with_param(params: SamplingParams, key: str, value) -> SamplingParams:

@@ -432,6 +432,51 @@ sampling_options = _group(SamplingOptions, "sampling_opts", [
 ])
 
 
+@dataclasses.dataclass(frozen=True)
+class StructuredOptions:
+    """--schema/--grammar/--format: what the output must match (the rules: llmlocal.structured)."""
+
+    schema: str | None
+    grammar: str | None
+    output_format: str | None
+
+    def constraint(self):
+        from . import structured
+
+        if self.grammar is not None:
+            if self.schema is not None or self.output_format is not None:
+                other = "--schema" if self.schema is not None else "--format"
+                raise UsageError(f"--grammar and {other} cannot be combined: give one constraint")
+            return structured.read_grammar(self.grammar)
+        return structured.resolve(schema=self.schema, format=self.output_format)
+
+
+_SCHEMA_HELP = ("Hold the output to a JSON Schema: a .json file, inline JSON, or the concise form "
+                "'name, age int, tags list of str'.")
+structured_options = _group(StructuredOptions, "structured_opts", [
+    click.option("--schema", metavar="SCHEMA", help=_SCHEMA_HELP),
+    click.option("--grammar", metavar="FILE", help="Hold the output to a GBNF grammar (llama.cpp's format)."),
+    click.option("--format", "output_format", type=click.Choice(["json"]),
+                 help="json: the output is one JSON object (Ollama's --format json)."),
+])
+
+
+def _check_structured(result, *, flag: str = "--max-tokens") -> None:
+    """Exit 1 after a constrained generation that did not produce a valid value (it was printed)."""
+    from .errors import StructuredOutputError
+
+    checked = result.checked
+    if checked is None or checked.valid:
+        return
+    if result.finish_reason in ("length", "context"):
+        hint = (f"raise {flag} (it was {result.params.get('max_tokens')})" if result.finish_reason == "length"
+                else "raise --ctx, or shorten the prompt")
+    else:
+        hint = ("the grammar holds structure but not every keyword (numeric bounds, formats: see the README's "
+                "'Structured output'); say the rule in the prompt, or relax the schema")
+    raise StructuredOutputError(f"the output is not valid: {checked.error}", completion=result, hint=hint)
+
+
 def _flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
@@ -459,21 +504,32 @@ def _read_prompt(prompt: str | None) -> str:
 @click.option("--system", "-s", help="System prompt (chat template only).")
 @click.option("--raw", is_flag=True, help="Send the text as-is, with no chat template (base models).")
 @click.option("--truncate", is_flag=True, help="Drop the start of a prompt too long for the context.")
+@structured_options
+@click.option("--logprobs", type=int, metavar="N", help="With --json: each token's log-probability and the N "
+              "likeliest alternatives (0-20).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, usage, timings, params.")
-def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bool, as_json: bool,
-                 model_opts: ModelOptions, sampling_opts: SamplingOptions) -> None:
+def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bool, logprobs: int | None,
+                 as_json: bool, model_opts: ModelOptions, sampling_opts: SamplingOptions,
+                 structured_opts: StructuredOptions) -> None:
     """Complete one prompt, streaming tokens to stdout.
+
+    With --schema, --grammar or --format json the output is held to it token by token, and the
+    JSON is checked against the schema afterwards; an output that is not valid (cut by
+    --max-tokens, or breaking a rule the grammar cannot hold) exits 1.
 
     \b
     Examples:
       llmlocal complete "Write a haiku about autumn"
       cat notes.txt | llmlocal complete -s "Summarise this" --temperature 0
       llmlocal complete -m gemma3-270m-base --raw "The capital of France is"
+      llmlocal complete --schema 'name, age int' "Alice is 31." --temperature 0
     """
     from . import generate
 
     text = _read_prompt(prompt)
-    params = sampling_opts.params()
+    if logprobs is not None and not as_json:
+        raise UsageError("--logprobs shows in the --json output: add --json")
+    params = sampling_opts.params().with_changes(constraint=structured_opts.constraint(), logprobs=logprobs)
     loaded = model_opts.load()
     try:
         tokens, dropped = generate.prompt_tokens(
@@ -489,9 +545,14 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
     finally:
         loaded.close()
     if as_json:
+        record = {"model": loaded.name, "sha256": loaded.sha256, "text": result.text,
+                  "finish_reason": result.finish_reason}
+        if result.checked is not None:
+            record.update(result.checked.fields())
+        if result.logprobs is not None:
+            record["logprobs"] = result.logprobs
         _json_out({
-            "model": loaded.name, "sha256": loaded.sha256, "text": result.text,
-            "finish_reason": result.finish_reason, "usage": result.usage(),
+            **record, "usage": result.usage(),
             "timings": {"load_seconds": round(loaded.model.load_seconds, 4), **result.timings()},
             "params": {**result.params, "raw": raw, "system": system, "n_ctx": loaded.model.n_ctx,
                        "threads": loaded.model.options.threads(), "truncated_tokens": dropped},
@@ -500,6 +561,7 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
         click.echo()
         if result.finish_reason == "context":
             click.echo("note: generation stopped because the context window is full (raise --ctx)", err=True)
+    _check_structured(result)
 
 
 @cli.command("chat")
@@ -508,8 +570,9 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
 @click.option("--system", "-s", help="System prompt (also /system in the chat).")
 @click.option("--template", metavar="NAME",
               help="Chat template family to use instead of the model's: chatml, llama3, gemma, phi3, mistral.")
+@structured_options
 def chat_cmd(system: str | None, template: str | None, model_opts: ModelOptions,
-             sampling_opts: SamplingOptions) -> None:
+             sampling_opts: SamplingOptions, structured_opts: StructuredOptions) -> None:
     """Chat with a model: streamed replies, line editing and history, /help for commands.
 
     Replies are at most 1024 tokens unless --max-tokens says otherwise. With stdin not a
@@ -520,10 +583,12 @@ def chat_cmd(system: str | None, template: str | None, model_opts: ModelOptions,
       llmlocal chat
       llmlocal chat -m qwen2.5-0.5b -s "Answer in French"
       printf 'Hi!\\nName a colour.\\n' | llmlocal chat --temperature 0
+      llmlocal chat --format json      (also /set format json|SCHEMA|off)
     """
     from . import chat, repl
 
     params = sampling_opts.params(max_tokens=chat.DEFAULT_MAX_TOKENS)
+    params = params.with_changes(constraint=structured_opts.constraint())
     loaded = model_opts.load()
     try:
         chosen = chat.choose_template(loaded.name, gguf_template=loaded.model.chat_template(),
@@ -592,17 +657,21 @@ def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, mod
               "JSONL if it starts with '{').")
 @click.option("--force", is_flag=True, help="Add to an OUTPUT made with another model or other options.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
+@click.option("--schema", metavar="SCHEMA", help=_SCHEMA_HELP + " For every line without its own 'schema' "
+              "or 'response_format'.")
+@click.option("--grammar", metavar="FILE", help="Hold every line's output to a GBNF grammar.")
 @ray_options
 def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: int | None, ordered: bool,
-              input_format: str, force: bool, quiet: bool, model_opts: ModelOptions, sampling_opts: SamplingOptions,
-              ray_opts: RayOptions) -> None:
+              input_format: str, force: bool, quiet: bool, schema: str | None, grammar: str | None,
+              model_opts: ModelOptions, sampling_opts: SamplingOptions, ray_opts: RayOptions) -> None:
     """Run every prompt in INPUT (a file, or - for stdin), several at a time, into a JSONL file.
 
     INPUT is JSON Lines, {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]} with
-    optional max_tokens, temperature, stop, system, raw and seed per line; or plain text, one
-    prompt per line (id = line number). Each output line has id, text, finish_reason, usage and
-    timing, or an error (a bad line never stops the job). OUTPUT.meta.json records the model,
-    its SHA-256 and the default parameters.
+    optional max_tokens, temperature, stop, system, raw, seed and schema (or OpenAI's
+    response_format) per line; or plain text, one prompt per line (id = line number). Each
+    output line has id, text, finish_reason, usage and timing, or an error (a bad line never
+    stops the job); a constrained line adds json and valid (a value that is not valid is that
+    line's error). OUTPUT.meta.json records the model, its SHA-256 and the default parameters.
 
     Re-running the same command resumes: ids already in OUTPUT are skipped, after checking the
     model and parameters match. Ctrl-C stops cleanly; finished lines are kept.
@@ -616,12 +685,14 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
       cat questions.txt | llmlocal batch - -o answers.jsonl -s "Answer in one sentence."
       llmlocal batch prompts.jsonl -o results.jsonl -p 16 --unordered
       llmlocal batch prompts.jsonl -o results.jsonl --ray auto --workers 16 --threads 4
+      llmlocal batch reviews.txt -o fields.jsonl --schema 'product, stars int, summary'
     """
     import signal
 
     from . import batch
 
     sampling = sampling_opts.given()
+    sampling["constraint"] = StructuredOptions(schema, grammar, None).constraint()
     m = model_opts
     # SIGTERM (kill, systemd, timeout) stops as cleanly as Ctrl-C: finished lines stay, resumable.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

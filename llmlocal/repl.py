@@ -15,7 +15,7 @@ import tempfile
 from typing import TextIO
 
 from . import paths, tabular
-from .chat import PARAMS, ChatSession
+from .chat import PARAMS, ChatSession, format_name
 from .errors import InputFormatError, LlmlocalError, error_lines
 
 PROMPT = ">>> "
@@ -31,6 +31,8 @@ Commands:
   /system [TEXT]      set the system prompt (without TEXT: show it)
   /set [PARAM VALUE]  set a sampling parameter (without arguments: show them all)
                       PARAM is one of {", ".join(PARAMS)}
+  /set format F       hold replies to F: json, a JSON Schema (inline, a .json file, or
+                      'name, age int'), or off
   /reset              forget the conversation (keeps the system prompt and settings)
   /save FILE          save the conversation as JSON
   /load FILE          load a conversation saved with /save and continue it
@@ -127,6 +129,8 @@ class _Repl:
             return
         self.out.write("\n\n" if self.interactive else "\n")
         self.out.flush()
+        if result.checked is not None and not result.checked.valid:
+            self.note(f"note: the reply does not match the format: {result.checked.error}")
         if result.finish_reason == "length":
             self.note(f"note: reply cut at {result.completion_tokens} tokens; /set max_tokens N for longer ones")
         elif result.finish_reason == "context":
@@ -222,10 +226,14 @@ class _Repl:
         if not arg:
             for key in PARAMS:
                 self.print(f"{key} = {_show(getattr(params, key))}")
+            self.print(f"format = {format_name(params.constraint)}")
             return
         key, _, value = arg.partition(" ")
         if not value.strip():
-            self.usage("/set PARAM VALUE")
+            self.usage("/set format json|SCHEMA|off" if key.lower() == "format" else "/set PARAM VALUE")
+            return
+        if key.lower() == "format":
+            self.print(f"format = {self.session.set_format(value)}")
             return
         new = self.session.set_param(key, value)
         self.print(f"{key.lower().replace('-', '_')} = {_show(new)}")

@@ -485,15 +485,31 @@ class Model:
 
 
 def schema_to_gbnf(schema_json: str) -> str:
-    """llama-cpp-python's port of llama.cpp's JSON Schema to GBNF converter (see llmlocal.structured).
+    """llama-cpp-python's port of llama.cpp's JSON Schema to GBNF converter (see llmlocal.structured),
+    with two of its rules replaced by upstream llama.cpp's current ones:
 
-    Its whitespace rule is one optional space (``space ::= " "?``), so a constrained JSON value
-    can never run away into blank lines; it raises AssertionError for a schema it cannot express.
+    - ``space``: the port allows one optional space only, which forbids the newline-and-indent
+      tokens small models write JSON with: the grammar then rejects their first choice at every
+      line break (slower: each rejection is a pass over the vocabulary) and pushes them off their
+      distribution. Upstream's rule allows up to two newlines and 20 spaces or tabs: still
+      bounded, so whitespace can never run away.
+    - ``char`` (inside strings): the port admits raw control characters, so a string could hold a
+      raw newline and the output would not be valid JSON; upstream's excludes them.
+
+    It raises AssertionError for a schema it cannot express.
     """
     _llama()
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    return json_schema_to_gbnf(schema_json)
+    lines = []
+    for line in json_schema_to_gbnf(schema_json).splitlines():
+        name = line.split(" ::= ", 1)[0]
+        if name == "space":
+            line = r'space ::= | " " | "\n"{1,2} [ \t]{0,20}'
+        elif name == "char":
+            line = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+        lines.append(line)
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ of llama.cpp's converter, reached through ``runtime.schema_to_gbnf`` (the llama_
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidSchemaError, option
+from .errors import InvalidSchemaError, UsageError, option
 from .sampling import Constraint
 
 __all__ = ["ANY_OBJECT", "Checked", "Constraint", "any_json", "check", "closes", "concise", "from_grammar",
@@ -60,7 +61,7 @@ def from_schema(schema: Any, *, name: str | None = None, what: str = "the schema
     schema = as_schema(schema, what=what)
     _check_schema(schema, what)
     grammar = _to_gbnf(schema, what=what)
-    return Constraint("schema", grammar, json.dumps(schema, sort_keys=True), name or schema.get("title"))
+    return Constraint("schema", grammar, json.dumps(schema), name or schema.get("title"))
 
 
 def from_grammar(text: str, *, what: str = "the grammar") -> Constraint:
@@ -81,6 +82,73 @@ def as_schema(schema: Any, *, what: str = "the schema") -> dict[str, Any]:
         return json_schema()
     raise InvalidSchemaError(f"{what} must be a JSON Schema object (or a pydantic model), "
                              f"not {type(schema).__name__}")
+
+
+def resolve(*, schema: Any = None, grammar: str | None = None, format: Any = None) -> Constraint | None:
+    """The one constraint that ``schema``, ``grammar`` (GBNF text) or ``format`` ask for, or None.
+
+    ``schema``: a JSON Schema dict, a pydantic model, or text (``--schema``'s forms: a .json file,
+    inline JSON, the concise form). ``format``: "json" (any JSON object) or a JSON Schema, as
+    Ollama's ``format`` takes. At most one may be given.
+    """
+    given = [n for n, v in (("schema", schema), ("grammar", grammar), ("format", format)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"{option(given[0])} and {option(given[1])} cannot be combined: give one constraint")
+    if schema is not None:
+        return parse_option(schema) if isinstance(schema, str) else from_schema(schema)
+    if grammar is not None:
+        return from_grammar(grammar)
+    if format is None:
+        return None
+    if isinstance(format, str) and format.strip().lower() == "json":
+        return any_json()
+    if isinstance(format, str):
+        raise UsageError(f"{option('format')} takes 'json' or a JSON Schema, not {format!r}")
+    return from_schema(format, what=f"the {option('format')} schema")
+
+
+def from_response_format(value: Any, *, what: str = "'response_format'") -> Constraint | None:
+    """OpenAI's ``response_format``: {"type": "text"} (None), {"type": "json_object"}, or
+    {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}. ``strict`` needs nothing
+    extra: the grammar always holds the schema, and the result is validated either way."""
+    if not isinstance(value, Mapping):
+        raise InvalidSchemaError(f"{what} must be an object such as {{\"type\": \"json_object\"}}")
+    kind = value.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return any_json()
+    if kind != "json_schema":
+        raise InvalidSchemaError(f"{what}.type must be text, json_object or json_schema, not {kind!r}")
+    spec = value.get("json_schema")
+    if not isinstance(spec, Mapping):
+        raise InvalidSchemaError(f"{what}.json_schema must be an object with 'name' and 'schema'")
+    name = spec.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidSchemaError(f"{what}.json_schema.name must be a string")
+    schema = spec.get("schema", {})
+    if not isinstance(schema, Mapping):
+        raise InvalidSchemaError(f"{what}.json_schema.schema must be a JSON Schema object")
+    return cached_schema(json.dumps(schema), name, f"{what}.json_schema.schema")
+
+
+def from_value(value: Any, *, what: str) -> Constraint:
+    """A schema given as data (a batch line's ``schema``): a JSON Schema object, or a string in
+    inline JSON or the concise form (never a file name: input lines do not open files)."""
+    if isinstance(value, Mapping):
+        return cached_schema(json.dumps(value), None, what)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        if text.startswith("{"):
+            return cached_schema(json.dumps(_load_json(text, what)), None, what)
+        return cached_schema(json.dumps(concise(text)), None, what)
+    raise InvalidSchemaError(f"{what} must be a JSON Schema object or a concise schema string")
+
+
+@functools.lru_cache(maxsize=64)
+def cached_schema(schema_json: str, name: str | None, what: str) -> Constraint:
+    """from_schema, once per distinct schema: a batch of 10,000 lines with one schema converts it once."""
+    return from_schema(json.loads(schema_json), name=name, what=what)
 
 
 def parse_option(value: str, *, what: str | None = None) -> Constraint:
@@ -213,6 +281,27 @@ def _to_gbnf(schema: dict[str, Any], *, what: str = "the schema") -> str:
         detail = str(exc) or type(exc).__name__
         raise InvalidSchemaError(f"{what} cannot be turned into a grammar: {detail}",
                                  hint="see the README's list of supported schema keywords") from None
+
+
+# -- the extraction prompt
+
+EXTRACT_INSTRUCTIONS = ("Extract the information in the text as JSON that matches the schema. "
+                        "Use only what the text says.")
+
+
+def extraction_prompt(text: str, constraint: Constraint, *, instructions: str | None = None,
+                      raw: bool = False) -> tuple[str | None, str]:
+    """(system prompt, user text) for extracting ``constraint``'s schema from ``text``.
+
+    The model is shown the schema: the grammar keeps the output well-formed, but only the prompt
+    tells a small model which field means what (OpenAI and Ollama put it in the prompt too). For
+    a base model (``raw``, no chat template) it is one text ending where the JSON begins.
+    """
+    schema = json.dumps(constraint.schema or ANY_OBJECT, ensure_ascii=False)
+    task = instructions or EXTRACT_INSTRUCTIONS
+    if raw:
+        return None, f"{task}\nSchema: {schema}\nText: {text}\nJSON:"
+    return task, f"Schema: {schema}\n\nText:\n{text}"
 
 
 # -- after generation
