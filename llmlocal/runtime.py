@@ -9,6 +9,7 @@ sequences (``n_seq_max``), which batch decoding and classification use.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -619,13 +620,13 @@ class Sampler:
             add(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         constraint = params.constraint
         if constraint is not None:
-            _recent_errors.clear()
-            self._grammar = lib.llama_sampler_init_grammar(model.vocab, constraint.grammar.encode("utf-8"), b"root")
-            if not self._grammar:  # NULL: llama.cpp could not parse it (its reason went to the log)
-                reason = next((e for e in reversed(_recent_errors) if "pars" in e), None)
+            grammar = constraint.grammar.encode("utf-8")
+            with _stderr_captured() as said:
+                self._grammar = lib.llama_sampler_init_grammar(model.vocab, grammar, b"root")
+            if not self._grammar:  # NULL: llama.cpp could not parse it
+                reason = _grammar_reason(said())
                 self.close()
-                raise InvalidSchemaError("llama.cpp cannot parse the grammar"
-                                         + (f": {_grammar_reason(reason)}" if reason else ""),
+                raise InvalidSchemaError("llama.cpp cannot parse the grammar" + (f": {reason}" if reason else ""),
                                          hint="check it against llama.cpp's GBNF guide (grammars/README.md)")
         if self._grammar is not None or self.logprobs is not None:
             self._candidates = _Candidates(model)
@@ -698,7 +699,40 @@ def _logprob(logits, token: int, top: int) -> TokenLogprob:
     return TokenLogprob(token, float(row[token] - log_z), alternatives)
 
 
-def _grammar_reason(line: str) -> str:
-    # llama.cpp logs "parse: error parsing grammar: <reason>" and then the whole grammar.
-    text = line.split("error parsing grammar:", 1)[-1].strip()
-    return text.splitlines()[0] if text else line
+def _grammar_reason(said: str) -> str:
+    # llama.cpp's parser writes "parse: error parsing grammar: <reason>", a blank line and the
+    # whole grammar; the reason is the part a person needs.
+    if "error parsing grammar:" not in said:
+        return ""
+    text = said.split("error parsing grammar:", 1)[1].strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Collect what C code writes to file descriptor 2 meanwhile; yields a function returning it.
+
+    llama.cpp's grammar parser reports errors with fprintf(stderr), outside its log callback, so
+    without this a bad grammar would print raw parser output above our one Error line. Anything
+    captured that is not the parser's is written back to stderr afterwards (another thread may
+    have logged in the window).
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    with _stderr_lock, tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode("utf-8", "replace")
+        if text and "error parsing grammar" not in text:
+            sys.stderr.write(text)
+            sys.stderr.flush()
