@@ -418,3 +418,15 @@ def test_engine_streams_logprobs_with_text(quad: Model) -> None:
                 final = event.completion
     assert final is not None and final.logprobs is not None
     assert [e["token"] for e in seen] == [e["token"] for e in final.logprobs][: len(seen)]
+
+
+def test_the_readme_structured_example_runs(installed, capsys) -> None:
+    """The README's Structured output Python example, verbatim."""
+    pytest.importorskip("pydantic")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Structured output", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("True ") and "age" in lines[0]
+    assert lines[-1].startswith("{'token': ")
