@@ -31,6 +31,7 @@ import numpy as np
 from . import atomic, catalog, classify, loader, runtime, store
 from . import batch as batch_mod
 from .errors import ChecksumMismatchError, LlmlocalError, NotInstalledError, UsageError
+from .sampling import Constraint
 
 INSTALL_HINT = "pip install 'llmlocal[ray]'"
 
@@ -173,6 +174,8 @@ class BatchWorker:
 def _batch_item(fields: dict) -> batch_mod.BatchItem:
     if fields.get("stop") is not None:
         fields["stop"] = tuple(fields["stop"])
+    if fields.get("constraint") is not None:  # a line's own schema, shipped as asdict() made it
+        fields["constraint"] = Constraint(**fields["constraint"])
     return batch_mod.BatchItem(**fields)
 
 

@@ -141,6 +141,16 @@ def test_sampling_rules_for_the_new_fields() -> None:
             SamplingParams.from_mapping(bad)
 
 
+def test_a_lines_schema_survives_the_trip_to_a_ray_worker() -> None:
+    """Ray jobs ship items as JSON (distributed.run_batch): the constraint must come back as one."""
+    from dataclasses import asdict
+
+    from llmlocal import batch, distributed
+
+    item = batch.BatchItem(line=1, id="x", prompt="p", constraint=structured.from_value("name, age int", what="s"))
+    assert distributed._batch_item(json.loads(json.dumps(asdict(item)))) == item
+
+
 # ---------------------------------------------------------------- the grammar sampler
 
 
