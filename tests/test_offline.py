@@ -133,6 +133,10 @@ OFFLINE_COMMANDS = [
     pytest.param(["eval", "{dir}/examples.csv", "--k-fold", "2", "--compare", "--report", "{dir}/report.html"],
                  id="eval-compare-report"),
     pytest.param(["classify", "-e", "{dir}/examples.csv", "{dir}/texts.txt", "--suggest", "1"], id="classify-suggest"),
+    pytest.param(["complete", "--schema", "name, age int", "--json", "--logprobs", "1", "--temperature", "0",
+                  "-n", "40", "Bob is 40."], id="complete-schema"),
+    pytest.param(["batch", "{dir}/prompts.txt", "-o", "{dir}/out.jsonl", "--schema", "colour", "--temperature", "0",
+                  "-n", "40"], id="batch-schema"),
 ]
 
 EXAMPLES = ("text,label\nWin a free prize now,spam\nSee you at lunch,ham\nClaim your cash reward,spam\n"
@@ -170,14 +174,26 @@ def test_serve_makes_no_connection(installed, tripwire) -> None:
         line = proc.stderr.readline()
         assert " serving on " in line, line + proc.stderr.read()
         base = line.split(" serving on ")[1].split()[0]
-        requests = {
-            "chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0},
-            "completions": {"prompt": "The sky is", "max_tokens": 4, "stream": True},
-            "embeddings": {"input": "hello"},
-            "classify": {"input": ["Free cash now"], "examples": [{"text": "Win a prize", "label": "spam"},
-                                                                  {"text": "See you soon", "label": "ham"}]},
-        }
-        for path, body in requests.items():
+        requests = [
+            ("chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}),
+            ("completions", {"prompt": "The sky is", "max_tokens": 4, "stream": True, "logprobs": 2, "n": 2}),
+            # Structured output and tools: the schema checks and grammar conversion stay local
+            # (jsonschema must not fetch the $schema it is told about).
+            ("chat/completions", {
+                "messages": [{"role": "user", "content": "A person as JSON"}], "max_tokens": 24,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {
+                    "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+                    "properties": {"name": {"type": "string"}}, "required": ["name"]}}}}),
+            ("chat/completions", {
+                "messages": [{"role": "user", "content": "Weather in Oslo?"}], "max_tokens": 40, "stream": True,
+                "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+                    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+                "tool_choice": "required", "logprobs": True, "top_logprobs": 2, "logit_bias": {"0": -100}}),
+            ("embeddings", {"input": "hello"}),
+            ("classify", {"input": ["Free cash now"], "examples": [{"text": "Win a prize", "label": "spam"},
+                                                                   {"text": "See you soon", "label": "ham"}]}),
+        ]
+        for path, body in requests:
             req = urllib.request.Request(f"{base}/{path}", data=json.dumps(body).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req) as reply:  # the test connects in; the server must not connect out
