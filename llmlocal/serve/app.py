@@ -13,6 +13,7 @@ This is the only module that imports starlette and uvicorn.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -40,6 +41,8 @@ from ..errors import (
     BusyError,
     ContextOverflowError,
     InsufficientMemoryError,
+    InvalidParameterError,
+    InvalidSchemaError,
     LlmlocalError,
     NotInstalledError,
     UnknownModelError,
@@ -47,6 +50,7 @@ from ..errors import (
     quoted,
     set_option_style,
 )
+from ..generate import Completion
 from . import openai_format as oai
 from .engine_thread import Ticket
 from .pool import ModelPool, PoolOptions, Resident
@@ -83,7 +87,9 @@ def _api_error(exc: BaseException) -> oai.ApiError:
                             f"run `llmlocal pull {exc.name}` on it", code="model_not_found", param="model")
     if isinstance(exc, ContextOverflowError):
         return oai.ApiError(400, message, code="context_length_exceeded")
-    if isinstance(exc, UsageError):
+    if isinstance(exc, InvalidParameterError):
+        return oai.ApiError(400, message, param=exc.field)
+    if isinstance(exc, (UsageError, InvalidSchemaError)):
         return oai.ApiError(400, message)
     if isinstance(exc, (BusyError, InsufficientMemoryError)):
         return oai.ApiError(503, message, type="server_error", code="overloaded")
@@ -176,6 +182,11 @@ class _Events:
 
     async def next(self) -> Any:
         return await self._queue.get()
+
+
+def _tagged(events: _Events, index: int, event: Any) -> None:
+    """A ticket's deliver: its events, tagged with the choice they belong to."""
+    events.deliver((index, event))
 
 
 def _sse(payload: dict | str) -> bytes:
@@ -308,27 +319,33 @@ class Api:
         try:
             tokens = await anyio.to_thread.run_sync(self._prompt_tokens, resident, req)
             max_tokens = oai.fit_max_tokens(len(tokens), resident.n_ctx_seq, req.max_tokens)
-            params = replace(req.params, max_tokens=max_tokens)
             events = _Events()
-            ticket = Ticket(EngineRequest(tokens, params), events.deliver)
+            # n choices are n engine requests with one prompt: the engine's prefix sharing evaluates
+            # it once and the others copy its KV cells. Events arrive tagged with their choice.
+            tickets = [Ticket(EngineRequest(tokens, params), functools.partial(_tagged, events, i))
+                       for i, params in enumerate(req.choice_params(replace(req.params, max_tokens=max_tokens)))]
             head = oai.ResponseHead(req.kind, resident.name)
+            writers = [oai.ChoiceWriter(req, i) for i in range(req.n)]
         except BaseException:
             self.pool.release(resident)
             raise
-        resident.worker.submit(ticket)
+        for ticket in tickets:
+            resident.worker.submit(ticket)
         if req.stream:
-            return _EventStream(self._stream(resident, ticket, events, head, req.include_usage),
-                                on_close=lambda: self._end(resident, ticket))  # type: ignore[return-value]
+            return _EventStream(self._stream(tickets, events, head, writers, req.include_usage),
+                                on_close=lambda: self._end(resident, tickets))  # type: ignore[return-value]
         try:
-            completion = await self._wait(request, ticket, events)
+            completions = await self._wait(request, tickets, events)
         finally:
-            self._end(resident, ticket)
-        return JSONResponse(head.response(completion.text, completion.finish_reason,
-                                          oai.usage(completion.prompt_tokens, completion.completion_tokens,
-                                                    completion.cached_tokens)))
+            self._end(resident, tickets)
+        return JSONResponse(head.response([w.whole(c) for w, c in zip(writers, completions)],
+                                          oai.total_usage(completions)))
 
     def _prompt_tokens(self, resident: Resident, req: oai.GenerationRequest) -> list[int]:
         model = resident.model
+        # What the engine would refuse at submit (an unparsable grammar, a logit bias outside the
+        # vocabulary) is refused here, before a stream's 200 is sent. It only reads the vocabulary.
+        model.check_sampling(req.params)
         if req.kind == "completion":
             if not req.prompt:
                 raise oai.ApiError(400, "'prompt' is empty", param="prompt")
@@ -339,53 +356,63 @@ class Api:
         assert req.messages is not None  # parse_chat always sets them
         return generate.prompt_tokens(model, req.messages, template=resident.template, n_ctx=resident.n_ctx_seq)[0]
 
-    def _end(self, resident: Resident, ticket: Ticket) -> None:
-        """The request is over (or its client left): free the engine slot and the model."""
-        resident.worker.cancel(ticket)  # nothing happens if it already finished
+    def _end(self, resident: Resident, tickets: list[Ticket]) -> None:
+        """The request is over (or its client left): free the engine slots and the model."""
+        for ticket in tickets:
+            resident.worker.cancel(ticket)  # nothing happens if it already finished
         self.pool.release(resident)
 
-    async def _wait(self, request: Request, ticket: Ticket, events: _Events):
-        """The finished Completion, or the failure raised; cancelled if the client goes away."""
-        result: list[Any] = []
+    async def _wait(self, request: Request, tickets: list[Ticket], events: _Events) -> list[Completion]:
+        """Every choice's finished Completion, or the first failure raised; cancelled if the client
+        goes away."""
+        done: dict[int, Completion] = {}
+        failed: list[BaseException] = []
         async with anyio.create_task_group() as group:
             async def collect() -> None:
-                while True:
-                    event = await events.next()
-                    if isinstance(event, (Finished, Failed)):
-                        result.append(event)
-                        group.cancel_scope.cancel()
-                        return
+                while len(done) < len(tickets):
+                    index, event = await events.next()
+                    if isinstance(event, Finished):
+                        done[index] = event.completion
+                    elif isinstance(event, Failed):
+                        failed.append(event.error)
+                        break
+                group.cancel_scope.cancel()
 
             async def watch() -> None:
                 await _until_disconnect(request.receive)
-                group.cancel_scope.cancel()  # nobody to answer: _end cancels the ticket
+                group.cancel_scope.cancel()  # nobody to answer: _end cancels the tickets
 
             group.start_soon(collect)
             group.start_soon(watch)
-        if not result:
+        if failed:
+            raise failed[0]
+        if len(done) < len(tickets):
             raise oai.ApiError(499, "client closed the request")
-        event = result[0]
-        if isinstance(event, Failed):
-            raise event.error
-        return event.completion
+        return [done[i] for i in range(len(tickets))]
 
-    async def _stream(self, resident: Resident, ticket: Ticket, events: _Events, head: oai.ResponseHead,
-                      include_usage: bool) -> AsyncIterator[bytes]:
-        yield _sse(head.chunk(role=True))
-        while True:
-            event = await events.next()
+    async def _stream(self, tickets: list[Ticket], events: _Events, head: oai.ResponseHead,
+                      writers: list[oai.ChoiceWriter], include_usage: bool) -> AsyncIterator[bytes]:
+        for writer in writers:
+            opening = writer.opening()
+            if opening is not None:
+                yield _sse(head.chunk(opening))
+        done: dict[int, Completion] = {}
+        while len(done) < len(tickets):
+            index, event = await events.next()
             if isinstance(event, TokenText):
-                yield _sse(head.chunk(event.text))
+                piece = writers[index].piece(event.text, event.logprobs)
+                if piece is not None:
+                    yield _sse(head.chunk(piece))
             elif isinstance(event, Finished):
-                c = event.completion
-                yield _sse(head.chunk(reason=c.finish_reason))
-                if include_usage:
-                    yield _sse(head.usage_chunk(oai.usage(c.prompt_tokens, c.completion_tokens, c.cached_tokens)))
-                break
+                done[index] = event.completion
+                yield _sse(head.chunk(writers[index].closing(event.completion)))
             elif isinstance(event, Failed):
                 # The 200 and some text are already sent: the error goes in the stream, as OpenAI's does.
                 yield _sse(_api_error(event.error).body())
                 break
+        else:
+            if include_usage:
+                yield _sse(head.usage_chunk(oai.total_usage([done[i] for i in range(len(tickets))])))
         yield _sse("[DONE]")
 
     async def embeddings(self, request: Request, body: Any) -> Response:

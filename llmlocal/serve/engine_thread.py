@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from ..engine import Engine, Event, Failed, Finished, Handle, Request
-from ..errors import ContextOverflowError, UsageError
+from ..errors import ContextOverflowError, InvalidSchemaError, UsageError
 from ..runtime import Model
 
 Deliver = Callable[[Event], None]
@@ -101,7 +101,7 @@ class GenerationWorker:
         if kind == "submit":
             try:
                 ticket.handle = self.engine.submit(ticket.request)
-            except (UsageError, ContextOverflowError) as exc:
+            except (UsageError, ContextOverflowError, InvalidSchemaError) as exc:
                 self._ended(ticket)
                 self._send(ticket, Failed(None, exc))  # type: ignore[arg-type]
                 return True

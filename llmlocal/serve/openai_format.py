@@ -1,28 +1,35 @@
 """OpenAI's API shapes: request bodies in (checked, turned into llmlocal values), responses out.
 
-No HTTP here (that is server.py) and no model: every function takes and returns plain values,
+No HTTP here (that is app.py) and no model: every function takes and returns plain values,
 so the rules are tested without a server. Field names, defaults and error bodies follow
-OpenAI's API reference, so the official clients work unchanged; where OpenAI has a knob llama.cpp
-lacks (presence_penalty, logprobs, n > 1, tools) the request gets a 400 naming it, rather than
-a reply that silently ignored it. llama.cpp's own sampling knobs (top_k, min_p,
-repeat_penalty) are accepted as extra fields, as llama-server does.
+OpenAI's API reference, so the official clients work unchanged: response_format, tools (through
+llmlocal.tools), logprobs, n, logit_bias and the penalties included. What cannot be done here
+(images, audio, the deprecated functions) gets a 400 naming the field, rather than a reply that
+silently ignored it. llama.cpp's own sampling knobs (top_k, min_p, repeat_penalty) are accepted
+as extra fields, as llama-server does.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import math
+import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import sampling
-from ..errors import InvalidParameterError
-from ..sampling import RANDOM_SEED, SamplingParams
+from .. import sampling, structured, tools
+from ..errors import InvalidParameterError, InvalidSchemaError
+from ..sampling import RANDOM_SEED, Constraint, SamplingParams
+from ..tools import Tool, ToolCall, ToolSet
+
+if TYPE_CHECKING:
+    from ..generate import Completion
 
 # OpenAI's legacy completions endpoint generates 16 tokens unless told otherwise; chat runs to
 # the end of the turn (or of the context).
@@ -103,6 +110,10 @@ def model_name(body: dict) -> str | None:
 
 # ---------------------------------------------------------------- generation
 
+MAX_CHOICES = 128  # OpenAI's limit on n
+# OpenAI's top_logprobs limit (its legacy completions stop at 5; llmlocal allows 20 there too).
+MAX_TOP_LOGPROBS = 20
+
 
 @dataclass
 class GenerationRequest:
@@ -110,42 +121,56 @@ class GenerationRequest:
 
     kind: str  # "chat" or "completion"
     model: str | None
-    params: SamplingParams
+    params: SamplingParams  # resolved: a concrete seed
     max_tokens: int | None
     stream: bool = False
     include_usage: bool = False
-    messages: list[dict] | None = None  # chat
+    messages: list[dict] | None = None  # chat, ready for a plain chat template (tools.template_messages)
     prompt: str | None = None  # completion
+    n: int = 1
+    tools: ToolSet | None = None  # chat: the tools, when they shape the reply
+
+    def choice_params(self, params: SamplingParams | None = None) -> list[SamplingParams]:
+        """Sampling for each of the ``n`` choices: seeds seed, seed+1, ... (each reproducible alone)."""
+        params = params or self.params
+        assert params.seed is not None  # parse_* resolve it
+        return [replace(params, seed=params.seed + i) for i in range(self.n)]
+
+    @property
+    def tool_format(self) -> bool:
+        """Whether the model replies in the tool format (to unwrap into content or calls)."""
+        return self.tools is not None and self.tools.active
 
 
-def _unsupported(body: dict) -> None:
-    """Refuse OpenAI features llama.cpp sampling cannot honour, instead of ignoring them."""
-    n = _opt_number(body, "n", low=1, integer=True)
-    if n is not None and n != 1:
-        raise _bad("'n' greater than 1 is not supported: send the request n times (or use llmlocal batch)", "n")
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = _opt_number(body, name, low=-2, high=2)
-        if value:
-            raise _bad(f"'{name}' is not supported; use 'repeat_penalty' (llama.cpp's, e.g. 1.1)", name)
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise _bad("'logprobs' is not supported; for label probabilities use POST /v1/classify", "logprobs")
-    if body.get("tools") or body.get("functions"):
-        raise _bad("tool and function calling are not supported", "tools")
-    if body.get("logit_bias"):
-        raise _bad("'logit_bias' is not supported", "logit_bias")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") in (None, "text")):
-        raise _bad("only response_format {\"type\": \"text\"} is supported", "response_format")
+def _refused(body: dict) -> None:
+    """Refuse, by name, what this server cannot do, instead of ignoring it."""
+    for name in ("functions", "function_call"):
+        if body.get(name) is not None:
+            raise _bad(f"'{name}' is OpenAI's deprecated form of tool calling; send 'tools' and 'tool_choice'",
+                       name)
+    if body.get("audio") is not None:
+        raise _bad("audio output is not supported: these models write text", "audio")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise _bad("only the 'text' modality is supported", "modalities")
 
 
 # The sampling fields a request may carry: OpenAI's, and llama.cpp's extras as llama-server takes them.
-_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed")
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "presence_penalty",
+                  "frequency_penalty", "logit_bias")
 
 
-def _sampling(body: dict, *, default_max_tokens: int | None) -> tuple[SamplingParams, int | None]:
-    _unsupported(body)
+def _sampling(body: dict, *, default_max_tokens: int | None, logprobs: int | None,
+              constraint: Constraint | None) -> tuple[SamplingParams, int | None]:
+    _refused(body)
     # OpenAI's own limits on top of the shared rules (llmlocal.sampling checks types, NaN, ranges).
     _opt_number(body, "temperature", low=0, high=2)
+    for name in ("presence_penalty", "frequency_penalty"):
+        _opt_number(body, name, low=-2, high=2)
+    bias = body.get("logit_bias")
+    if bias is not None and not isinstance(bias, dict):
+        raise _bad("'logit_bias' must be an object mapping token ids (as strings) to numbers from -100 to 100",
+                   "logit_bias")
     seed = body.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool) and seed != RANDOM_SEED:
         seed %= 2**31  # OpenAI's seed is any integer; llama.cpp takes 32 bits, one of them 'random'
@@ -153,7 +178,7 @@ def _sampling(body: dict, *, default_max_tokens: int | None) -> tuple[SamplingPa
     if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
         raise _bad(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences", "stop")
     given = {k: body.get(k) for k in _SAMPLING_KEYS}
-    given.update(seed=seed, stop=stop)
+    given.update(seed=seed, stop=stop, logprobs=logprobs, constraint=constraint)
     max_tokens = body.get("max_completion_tokens")
     given["max_tokens"] = max_tokens if max_tokens is not None else body.get("max_tokens")
     try:
@@ -167,6 +192,10 @@ def _sampling(body: dict, *, default_max_tokens: int | None) -> tuple[SamplingPa
     return SamplingParams(**checked).resolved(), max_tokens
 
 
+def _n(body: dict) -> int:
+    return _opt_number(body, "n", low=1, high=MAX_CHOICES, integer=True) or 1
+
+
 def _stream_options(body: dict) -> tuple[bool, bool]:
     stream = bool(_opt_bool(body, "stream"))
     options = body.get("stream_options")
@@ -176,7 +205,21 @@ def _stream_options(body: dict) -> tuple[bool, bool]:
     return stream, include_usage
 
 
-def _message_text(content: Any, index: int) -> str:
+def _schema_error(exc: InvalidSchemaError, param: str) -> ApiError:
+    return _bad(str(exc) + (f"; {exc.hint}" if exc.hint else ""), param)
+
+
+def _response_format(body: dict) -> Constraint | None:
+    value = body.get("response_format")
+    if value is None:
+        return None
+    try:
+        return structured.from_response_format(value)
+    except InvalidSchemaError as exc:
+        raise _schema_error(exc, "response_format") from None
+
+
+def _message_text(content: Any, where: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -186,14 +229,123 @@ def _message_text(content: Any, index: int) -> str:
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else json_type(part)
-                raise _bad(f"messages[{index}].content: only text parts are supported, not {kind!r}",
-                           f"messages[{index}].content")
+                raise _bad(f"{where}.content: only text parts are supported, not {kind!r}", f"{where}.content")
             parts.append(part["text"])
         return "".join(parts)
-    raise _bad(f"messages[{index}].content must be a string or an array of text parts", f"messages[{index}].content")
+    raise _bad(f"{where}.content must be a string or an array of text parts", f"{where}.content")
 
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+
+
+def _history_calls(value: Any, where: str) -> list[ToolCall]:
+    """An assistant message's ``tool_calls``, as the client got them from a response."""
+    if not isinstance(value, list):
+        raise _bad(f"{where}.tool_calls must be an array of tool calls", f"{where}.tool_calls")
+    calls = []
+    for k, call in enumerate(value):
+        at = f"{where}.tool_calls[{k}]"
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(call.get("id"), str):
+            raise _bad(f"{at} must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}",
+                       at)
+        arguments = fn.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            raise _bad(f"{at}.function.arguments must be a string of JSON, as responses carry it",
+                       f"{at}.function.arguments")
+        calls.append(ToolCall(call["id"], fn["name"], arguments))
+    return calls
+
+
+def _message(msg: Any, i: int) -> dict:
+    where = f"messages[{i}]"
+    if not isinstance(msg, dict):
+        raise _bad(f"{where} must be an object with 'role' and 'content'", where)
+    role = msg.get("role")
+    if role == "function":
+        raise _bad(f"{where}: role 'function' is deprecated; send a tool's result as role 'tool' with its "
+                   "'tool_call_id'", f"{where}.role")
+    if role not in _ROLES:
+        raise _bad(f"{where}.role must be one of system, developer, user, assistant, tool; got {role!r}",
+                   f"{where}.role")
+    out: dict[str, Any] = {"role": _ROLES[role], "content": _message_text(msg.get("content"), where)}
+    if role == "assistant" and msg.get("tool_calls") is not None:
+        out["tool_calls"] = _history_calls(msg["tool_calls"], where)
+    if role == "tool":
+        call_id = msg.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise _bad(f"{where}: a tool message needs 'tool_call_id', the id of the call it answers",
+                       f"{where}.tool_call_id")
+        out["tool_call_id"] = call_id
+        if isinstance(msg.get("name"), str):
+            out["name"] = msg["name"]
+    return out
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CHOICE_SHAPES = "'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}"
+
+
+def _tool(value: Any, i: int) -> Tool:
+    where = f"tools[{i}]"
+    if not isinstance(value, dict) or value.get("type") != "function":
+        kind = value.get("type") if isinstance(value, dict) else json_type(value)
+        raise _bad(f"{where}: only function tools are supported ({{\"type\": \"function\", \"function\": "
+                   f"{{\"name\", \"description\", \"parameters\"}}}}), not {kind!r}", where)
+    fn = value.get("function")
+    if not isinstance(fn, dict):
+        raise _bad(f"{where}.function must be an object with 'name' and 'parameters'", f"{where}.function")
+    name = fn.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise _bad(f"{where}.function.name must be 1 to 64 letters, digits, underscores or dashes; got {name!r}",
+                   f"{where}.function.name")
+    description = fn.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _bad(f"{where}.function.description must be a string", f"{where}.function.description")
+    parameters = fn.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise _bad(f"{where}.function.parameters must be a JSON Schema object", f"{where}.function.parameters")
+    return Tool(name, description, dict(parameters) if parameters is not None else dict(tools.NO_PARAMETERS))
+
+
+def _toolset(body: dict) -> ToolSet | None:
+    raw, choice = body.get("tools"), body.get("tool_choice")
+    parallel = bool(_opt_bool(body, "parallel_tool_calls"))
+    if raw is None:
+        if choice is not None and choice not in ("none", "auto"):
+            raise _bad("'tool_choice' needs 'tools' to choose from", "tool_choice")
+        return None
+    if not isinstance(raw, list):
+        raise _bad("'tools' must be an array of function tools", "tools")
+    found = [_tool(t, i) for i, t in enumerate(raw)]
+    names = [t.name for t in found]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise _bad(f"'tools' names the function {twice!r} twice", "tools")
+    mode, named = "auto", None
+    if isinstance(choice, str) and choice in tools.MODES:
+        mode = choice
+    elif isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise _bad(f"'tool_choice' must be {_CHOICE_SHAPES}", "tool_choice")
+        if name not in names:
+            raise _bad(f"'tool_choice' names {name!r}, which is not among 'tools'", "tool_choice")
+        mode, named = "required", name
+    elif choice is not None:
+        raise _bad(f"'tool_choice' must be {_CHOICE_SHAPES}", "tool_choice")
+    if mode == "required" and not found:
+        raise _bad("'tool_choice' is 'required' but 'tools' is empty", "tool_choice")
+    return ToolSet(tuple(found), mode, named, parallel)
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    wanted = _opt_bool(body, "logprobs")
+    top = _opt_number(body, "top_logprobs", low=0, high=MAX_TOP_LOGPROBS, integer=True)
+    if top is not None and not wanted:
+        raise _bad("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if wanted else None
 
 
 def parse_chat(body: Any) -> GenerationRequest:
@@ -204,18 +356,19 @@ def parse_chat(body: Any) -> GenerationRequest:
         raise _bad("you must provide 'messages', a non-empty array of {role, content} objects", "messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty array of {role, content} objects", "messages")
-    out = []
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise _bad(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]")
-        role = msg.get("role")
-        if role not in _ROLES:
-            raise _bad(f"messages[{i}].role must be one of system, developer, user, assistant; got {role!r}",
-                       f"messages[{i}].role")
-        out.append({"role": _ROLES[role], "content": _message_text(msg.get("content"), i)})
-    params, max_tokens = _sampling(body, default_max_tokens=None)
+    parsed = [_message(m, i) for i, m in enumerate(messages)]
+    toolset = _toolset(body)
+    constraint = _response_format(body)
+    if toolset is not None:
+        try:
+            constraint = tools.constraint(toolset, constraint)
+        except InvalidSchemaError as exc:
+            raise _schema_error(exc, "tools") from None
+    params, max_tokens = _sampling(body, default_max_tokens=None, logprobs=_chat_logprobs(body),
+                                   constraint=constraint)
     stream, include_usage = _stream_options(body)
-    return GenerationRequest("chat", model_name(body), params, max_tokens, stream, include_usage, messages=out)
+    return GenerationRequest("chat", model_name(body), params, max_tokens, stream, include_usage,
+                             messages=tools.template_messages(parsed, toolset), n=_n(body), tools=toolset)
 
 
 def parse_completion(body: Any) -> GenerationRequest:
@@ -232,10 +385,14 @@ def parse_completion(body: Any) -> GenerationRequest:
         raise _bad("'echo' is not supported", "echo")
     if body.get("suffix"):
         raise _bad("'suffix' is not supported", "suffix")
-    params, max_tokens = _sampling(body, default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS)
+    if body.get("tools") is not None:
+        raise _bad("'tools' need messages: use /v1/chat/completions", "tools")
+    logprobs = _opt_number(body, "logprobs", low=0, high=MAX_TOP_LOGPROBS, integer=True)
+    params, max_tokens = _sampling(body, default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS, logprobs=logprobs,
+                                   constraint=_response_format(body))
     stream, include_usage = _stream_options(body)
     return GenerationRequest("completion", model_name(body), params, max_tokens, stream, include_usage,
-                             prompt=prompt)
+                             prompt=prompt, n=_n(body))
 
 
 def fit_max_tokens(prompt_tokens: int, n_ctx_seq: int, requested: int | None) -> int:
@@ -252,15 +409,132 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def finish_reason(reason: str) -> str:
+def finish_reason(reason: str, *, called: bool = False) -> str:
     # The engine says "context" when the window filled; OpenAI calls any token limit "length".
-    return "length" if reason in ("length", "context") else "stop"
+    if reason in ("length", "context"):
+        return "length"
+    return "tool_calls" if called else "stop"
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def total_usage(completions: Sequence[Completion]) -> dict:
+    """Usage of a request's choices: the prompt once (its n copies share KV cells), every completion.
+    Cached: what none of them had to evaluate (the first choice evaluates the prompt for the rest)."""
+    return usage(completions[0].prompt_tokens, sum(c.completion_tokens for c in completions),
+                 min(c.cached_tokens for c in completions))
+
+
+def tool_call(call: ToolCall) -> dict:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+class _LegacyLogprobs:
+    """The completions endpoint's logprobs shape, whose ``text_offset`` counts characters from the
+    start of the prompt; fed the entries in order, so streamed offsets continue across chunks."""
+
+    def __init__(self, prompt: str) -> None:
+        self._offset = len(prompt)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def shape(self, entries: Sequence[dict]) -> dict:
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            out["tokens"].append(e["token"])
+            out["token_logprobs"].append(e["logprob"])
+            out["top_logprobs"].append({t["token"]: t["logprob"] for t in e["top_logprobs"]})
+            out["text_offset"].append(self._offset)
+            # A token ending inside a UTF-8 character moves the offset once the character is whole.
+            self._offset += len(self._utf8.decode(bytes(e["bytes"])))
+        return out
+
+
+class ChoiceWriter:
+    """One choice of a response: the engine's text and logprobs in, OpenAI's choice shapes out.
+
+    Whole (:meth:`whole`) or streamed (:meth:`opening`, :meth:`piece` per engine event,
+    :meth:`closing`). A reply in the tool format is read by :class:`tools.ReplyReader` either way,
+    and logprob entries the stream held back (those of a stop sequence's tokens) go in the closing
+    chunk, so a streamed choice adds up to the whole one.
+    """
+
+    def __init__(self, req: GenerationRequest, index: int) -> None:
+        self.chat = req.kind == "chat"
+        self.index = index
+        self._req = req
+        self._reader = tools.ReplyReader() if req.tool_format else None
+        self._legacy = _LegacyLogprobs(req.prompt or "")
+        self._sent = 0  # logprob entries streamed so far
+
+    @property
+    def _logprobs(self) -> bool:
+        return self._req.params.logprobs is not None
+
+    def _logprob_field(self, entries: Sequence[dict]) -> dict | None:
+        if not self._logprobs:
+            return None
+        if self.chat:
+            return {"content": list(entries), "refusal": None}
+        return self._legacy.shape(entries)
+
+    def whole(self, completion: Completion) -> dict:
+        logprobs = self._logprob_field(completion.logprobs or [])
+        if not self.chat:
+            return {"index": self.index, "text": completion.text, "logprobs": logprobs,
+                    "finish_reason": finish_reason(completion.finish_reason)}
+        message: dict[str, Any] = {"role": "assistant", "content": completion.text, "refusal": None}
+        reply = tools.parse(completion.text) if self._req.tool_format else None
+        if reply is not None:
+            message["content"] = reply.content
+            if reply.calls:
+                message["tool_calls"] = [tool_call(c) for c in reply.calls]
+        return {"index": self.index, "message": message, "logprobs": logprobs,
+                "finish_reason": finish_reason(completion.finish_reason, called=bool(reply and reply.calls))}
+
+    def opening(self) -> dict | None:
+        """The first chunk of a streamed chat choice: the role (completions have none)."""
+        return self._chunk({"role": "assistant", "content": ""}) if self.chat else None
+
+    def piece(self, text: str, entries: Sequence[dict] | None) -> dict | None:
+        """The chunk for an engine event's text and logprob entries; None when there is nothing to send."""
+        entries = entries or []
+        self._sent += len(entries)
+        if not self.chat:
+            return self._chunk(text, entries) if text or entries else None
+        delta = self._delta(text)
+        return self._chunk(delta, entries) if delta or entries else None
+
+    def closing(self, completion: Completion) -> dict:
+        rest = (completion.logprobs or [])[self._sent:]
+        called = self._reader is not None and bool(self._reader.reply().calls)
+        reason = finish_reason(completion.finish_reason, called=called)
+        return self._chunk({} if self.chat else "", rest, reason)
+
+    def _delta(self, text: str) -> dict:
+        if self._reader is None:
+            return {"content": text} if text else {}
+        delta: dict[str, Any] = {}
+        for d in self._reader.feed(text):
+            if d.content is not None:
+                delta["content"] = delta.get("content", "") + d.content
+                continue
+            call: dict[str, Any] = {"index": d.index}
+            if d.id is not None:
+                call.update(id=d.id, type="function", function={"name": d.name, "arguments": d.arguments or ""})
+            else:
+                call["function"] = {"arguments": d.arguments}
+            delta.setdefault("tool_calls", []).append(call)
+        return delta
+
+    def _chunk(self, body: dict | str, entries: Sequence[dict] = (), reason: str | None = None) -> dict:
+        logprobs = self._logprob_field(entries) if entries else None
+        if self.chat:
+            return {"index": self.index, "delta": body, "logprobs": logprobs, "finish_reason": reason}
+        return {"index": self.index, "text": body, "logprobs": logprobs, "finish_reason": reason}
 
 
 @dataclass
@@ -280,25 +554,14 @@ class ResponseHead:
         return {"id": self.id, "object": object, "created": self.created, "model": self.model,
                 "system_fingerprint": None}
 
-    def response(self, text: str, reason: str, usage_: dict) -> dict:
-        if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                      "logprobs": None, "finish_reason": finish_reason(reason)}
-            return {**self._common("chat.completion"), "choices": [choice], "usage": usage_}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
-        return {**self._common("text_completion"), "choices": [choice], "usage": usage_}
+    def response(self, choices: list[dict], usage_: dict) -> dict:
+        object = "chat.completion" if self.kind == "chat" else "text_completion"
+        return {**self._common(object), "choices": choices, "usage": usage_}
 
-    def chunk(self, text: str | None = None, *, role: bool = False, reason: str | None = None) -> dict:
-        """One streamed piece: the opening role, some text, or the finish (``reason``)."""
-        done = finish_reason(reason) if reason is not None else None
-        if self.kind == "chat":
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if text:
-                delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": done}
-            return {**self._common("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": done}
-        return {**self._common("text_completion"), "choices": [choice]}
+    def chunk(self, choice: dict) -> dict:
+        """One streamed piece of one choice (built by its ChoiceWriter)."""
+        object = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        return {**self._common(object), "choices": [choice]}
 
     def usage_chunk(self, usage_: dict) -> dict:
         """The last chunk when stream_options.include_usage is set: no choices, the usage."""
