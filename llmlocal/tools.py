@@ -13,7 +13,7 @@ streamed reply and an unstreamed one are the same by construction.
 History goes back to the model in the same format: an assistant turn that called tools is shown
 as the JSON it would have written, and a tool's result as a user turn
 ``{"tool_response": {"name", "content"}}`` (as minja's tool-response polyfill does), since a
-template without a tool role may refuse one (Gemma's insists on user/assistant turns).
+template without a tool role may refuse one (Gemma's insists user and model turns alternate).
 
 No HTTP here: the server's ``openai_format`` reads OpenAI's shapes into these values.
 """
