@@ -339,7 +339,8 @@ def test_chat_format_and_transcript(installed, tmp_path: Path) -> None:
 
 def test_batch_schema_lines(installed, tmp_path: Path) -> None:
     lines = [{"id": "a", "prompt": "Hana is 22. JSON."},
-             {"id": "b", "prompt": 'What colour is the sky? Answer as JSON like {"colour": "..."}', "response_format": {"type": "json_object"}},
+             {"id": "b", "prompt": 'What colour is the sky? Answer as JSON like {"colour": "..."}',
+              "response_format": {"type": "json_object"}},
              {"id": "c", "prompt": "Ivan is 70.", "max_tokens": 3},
              {"id": "d", "prompt": "x", "schema": {"type": "nope"}},
              {"id": "e", "prompt": "Say hi.", "schema": "greeting"}]
