@@ -151,10 +151,10 @@ def models_cmd(as_json: bool) -> None:
     _print_table(table)
 
 
-def _print_table(rows: list[tuple]) -> None:
+def _print_table(rows: list[tuple], *, err: bool = False) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip(), err=err)
 
 
 @cli.command("pull")
@@ -478,6 +478,8 @@ def _check_structured(result, *, flag: str = "--max-tokens") -> None:
 
 
 def _flag_name(field: str) -> str:
+    if len(field) == 1:  # a one-letter parameter is a short option (cluster's -k)
+        return "-" + field
     return "--" + field.replace("_", "-")
 
 
@@ -869,7 +871,7 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
     if suggest is not None and suggest < 1:
         raise UsageError("--suggest must be at least 1")
     if suggest_output is not None:
-        review.suggestions_format(suggest_output)  # a name it cannot write fails now, not after the job
+        review.examples_format(suggest_output)  # a name it cannot write fails now, not after the job
     settings = o.settings()
     labels = classify.parse_labels(o.labels) if o.labels is not None else None
     output, quiet, as_json, show = o.output, o.quiet, o.as_json, o.show_prompt
@@ -1068,6 +1070,88 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, model_o
     pieces = f"; {done.chunked} text(s) longer than a batch embedded in pieces, averaged" if done.chunked else ""
     click.echo(f"{len(items)} embedding(s) of {vectors.shape[1]} dimensions with {loaded.name}"
                + (f" written to {output}" if output else "") + pieces, err=True)
+
+
+@cli.command("cluster")
+@click.argument("input", required=False, metavar="[INPUT]")
+@click.option("-k", "k", default="auto", show_default=True, metavar="N|auto",
+              help="Number of clusters; auto tries 2 to --max-k and keeps the best silhouette.")
+@click.option("--max-k", type=int, default=10, show_default=True, help="The largest k auto tries (also at most "
+              "half the texts).")
+@click.option("--output", "-o", metavar="FILE", help="Write id, text, cluster, cluster_name, distance per text "
+              "(CSV or JSONL by extension, atomically) and the manifest to FILE.meta.json [default: JSONL on stdout].")
+@click.option("--format", "output_format", type=click.Choice(["csv", "jsonl"]),
+              help="Output format [default: by -o extension; stdout: jsonl].")
+@click.option("--examples-out", metavar="FILE", help="Write each cluster's representatives as labelled examples "
+              "(text, label = the cluster's name; CSV/TSV/JSONL): correct the names, then `classify -e FILE`.")
+@click.option("--embed-model", metavar="MODEL", help="Embed with this model (a catalogue embedding model, e.g. "
+              "bge-small) [default: the chat model's pooled embeddings].")
+@click.option("--no-names", is_flag=True, help="Do not ask the chat model for names: clusters are 'cluster 1', ...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the k-means++ starts and the "
+              "silhouette's sample (recorded in the manifest).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line or summary on stderr.")
+@model_options
+@input_options
+def cluster_cmd(input: str | None, k: str, max_k: int, output: str | None, output_format: str | None,
+                examples_out: str | None, embed_model: str | None, no_names: bool, seed: int, quiet: bool,
+                model_opts: ModelOptions, input_opts: InputOptions) -> None:
+    """Group the texts of INPUT (read as `classify` reads it) by k-means over their embeddings,
+    and name each group with the chat model (-m) from its most central members.
+
+    Each text gets its cluster (index from 1, largest first, and name) and its distance to the
+    cluster's centroid; stderr shows each cluster's size, name and most central text. With
+    --examples-out the three most central texts of each cluster become a labelled-examples
+    file: from no labels to a classifier in two commands.
+
+    \b
+    Examples:
+      llmlocal cluster tickets.csv -o clusters.csv
+      llmlocal cluster notes.txt -k 5 --embed-model bge-small --examples-out examples.csv
+      llmlocal classify -e examples.csv new-tickets.csv      (after correcting the names)
+    """
+    from . import classify, cluster, tabular
+    from .classify import review
+    from .progress import ItemProgress
+
+    fmt = cluster.output_format(output, output_format)
+    if examples_out is not None:
+        review.examples_format(examples_out)
+    for path in (output, examples_out):
+        classify.check_output(path, inputs=[input])
+    if output is not None and examples_out is not None and os.path.abspath(output) == os.path.abspath(examples_out):
+        raise UsageError("-o and --examples-out name the same file", hint="give --examples-out another file")
+    if input in (None, "-") and sys.stdin.isatty():
+        raise UsageError("give an INPUT file, or pipe texts on stdin (`cat notes.txt | llmlocal cluster`)")
+    items = cluster.read_items(input, **input_opts.read())
+    name = tabular.STDIN_NAME if input in (None, "-") else input
+    bars: dict[str, ItemProgress] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[stage] = ItemProgress(stage, total, enabled=not quiet and sys.stderr.isatty())
+        bar.update(done, force=done == total)
+
+    m = model_opts
+    try:
+        outcome = cluster.execute(items, k=cluster.parse_k(k), model=m.model, embed_model=embed_model,
+                                  names=not no_names, seed=seed, max_k=max_k, sha256=m.sha256, ctx=m.ctx,
+                                  threads=m.threads, verbose=m.verbose, name=name,
+                                  input_path=None if input in (None, "-") else input, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    cluster.write_outputs(outcome, cluster.manifest(outcome), output=output, fmt=fmt, examples_out=examples_out)
+    if not quiet:
+        result = outcome.clustering
+        _print_table(cluster.format_summary(result, [i.text for i in items]), err=True)
+        click.echo(f"{cluster.describe_choice(result)}; {len(items)} text(s) in {outcome.seconds:.1f} s, embedded "
+                   f"with {outcome.embed_model['name']}"
+                   + (f", named by {outcome.naming_model['name']}" if outcome.naming_model else "")
+                   + (f"; written to {output}" if output else "")
+                   + (f"; examples in {examples_out}" if examples_out else ""), err=True)
 
 
 # ---------------------------------------------------------------- server

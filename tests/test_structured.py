@@ -441,3 +441,26 @@ def test_the_readme_structured_example_runs(installed, capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("True ") and "age" in lines[0]
     assert lines[-1].startswith("{'token': ")
+
+
+def test_the_grammars_cheap_second_pass_equals_a_full_one(model: Model, monkeypatch) -> None:
+    """A rejected token is first resampled among the likeliest runtime.SUBSET tokens, with a check
+    that a pass over the whole vocabulary could not pick otherwise; forcing full passes (a subset
+    as large as the vocabulary) must give byte-identical outputs, greedy and sampled."""
+    from llmlocal import runtime
+
+    c = structured.from_schema({"type": "object", "properties": {"age": {"type": "integer"},
+                                                                "tags": {"type": "array", "items": {"type": "string"},
+                                                                         "maxItems": 2}},
+                                "required": ["age", "tags"]})
+    cases = [SamplingParams(temperature=0, max_tokens=40, constraint=c),  # penalties on (the default)
+             SamplingParams(temperature=0.8, repeat_penalty=1.0, seed=5, max_tokens=40, constraint=c)]
+    prompts = ["Tom is thirty. JSON.", "A list of hobbies as JSON.", "Describe a cat."]
+    gen = Generator(model)
+
+    def run() -> list[str]:
+        return [gen.complete(chat_tokens(model, p), params).text for p in prompts for params in cases]
+
+    cheap = run()
+    monkeypatch.setattr(runtime, "SUBSET", 10**9)
+    assert run() == cheap
