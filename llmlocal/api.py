@@ -15,6 +15,7 @@ Classification and embeddings, for notebooks (the classify command's methods, ``
     >>> clf.predict(["Lunch at 1?"])      # [{"text": ..., "label": "ham", "confidence": ...}]
     >>> m.classify(texts, labels=["positive", "negative"])   # zero-shot
     >>> m.embed(texts)                    # a numpy array, one row per text
+    >>> m.cluster(texts, k="auto")        # {"items": [...], "clusters": [{"name": ..., "size": ...}], ...}
 """
 
 from __future__ import annotations
@@ -164,6 +165,38 @@ class LocalModel:
 
         items = _texts(texts)
         return embedding.embed_texts(self._classify_contexts()("embed"), items, normalize=normalize).vectors
+
+    def cluster(self, texts: Any, k: int | str = "auto", *, seed: int = 0, names: bool = True,
+                embed_model: str | None = None, max_k: int = 10) -> dict:
+        """Group ``texts`` by k-means over their embeddings (``k`` clusters, or ``"auto"``: the best
+        silhouette for k = 2 .. ``max_k``) and name each group with this model, as ``llmlocal
+        cluster`` does. ``embed_model``: a catalogue embedding model to embed with (default: this
+        model's pooled embeddings); ``names=False``: "cluster 1", "cluster 2", ...
+
+        Returns plain values: ``items`` (one record per text, in order: id (its position), text,
+        cluster, cluster_name, distance), ``clusters`` (cluster, name, size, representatives: the
+        most central texts), ``k``, ``silhouette`` and ``silhouette_by_k``.
+        """
+        from . import cluster as clustering
+        from .classify import embedding, job
+
+        items = _texts(texts)
+        self._model()
+        self._check_idle()
+
+        def embed(batch: list[str]) -> Any:
+            if embed_model is None:
+                return embedding.embed_texts(self._classify_contexts()("embed"), batch).vectors
+            loaded = loader.load(embed_model, threads=self._threads, **job.load_options("embed"))
+            try:
+                return embedding.embed_texts(loaded.model, batch).vectors
+            finally:
+                loaded.close()
+
+        result = clustering.cluster_texts(items, embed=embed, generator=(lambda: self._generator) if names else None,
+                                          k=k, seed=seed, max_k=max_k, name="texts")
+        return {"items": result.records(items, list(range(len(items)))), "clusters": result.summaries(items),
+                "k": result.k, "silhouette": result.silhouette, "silhouette_by_k": dict(result.scores)}
 
     # -- generation
 

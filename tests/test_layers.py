@@ -16,7 +16,7 @@ LAYERS = {
     0: {"errors", "paths", "config", "atomic", "hardware", "progress", "sampling", "tabular"},  # plumbing
     1: {"catalog", "gguf", "store"},  # model files
     2: {"runtime", "loader", "generate", "decoding", "engine", "structured"},  # inference
-    3: {"chat", "batch", "bench", "classify", "distributed", "documents", "tools"},  # tasks
+    3: {"chat", "batch", "bench", "classify", "cluster", "distributed", "documents", "tools"},  # tasks
     4: {"serve"},  # serving
     5: {"api", "cli", "repl", "__init__", "__main__"},  # front ends
 }

@@ -137,6 +137,9 @@ OFFLINE_COMMANDS = [
                   "-n", "40", "Bob is 40."], id="complete-schema"),
     pytest.param(["batch", "{dir}/prompts.txt", "-o", "{dir}/out.jsonl", "--schema", "colour", "--temperature", "0",
                   "-n", "40"], id="batch-schema"),
+    # Embeds, clusters and names with the chat model's grammar sampler, all from the store.
+    pytest.param(["cluster", "{dir}/texts.txt", "-k", "2", "-o", "{dir}/clusters.csv", "--examples-out",
+                  "{dir}/cluster-examples.csv"], id="cluster"),
 ]
 
 EXAMPLES = ("text,label\nWin a free prize now,spam\nSee you at lunch,ham\nClaim your cash reward,spam\n"

@@ -169,7 +169,7 @@ class LogisticRegression:
         return softmax(np.asarray(X, dtype=np.float64) @ self.W + self.b)
 
 
-def _centred(X: np.ndarray, center: np.ndarray) -> np.ndarray:
+def centred(X: np.ndarray, center: np.ndarray) -> np.ndarray:
     """``X - center``, each row renormalised to length 1."""
     out = X - center
     norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -208,7 +208,7 @@ class EmbeddingClassifier:
             # scale was set on uncentred cosines (and two centred examples are only opposites).
             self.kind = "logistic-regression"
             self.center = X.mean(axis=0)
-            self.lr = LogisticRegression(C).fit(_centred(X, self.center), y, len(self.labels))
+            self.lr = LogisticRegression(C).fit(centred(X, self.center), y, len(self.labels))
 
     def embed(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
@@ -226,7 +226,7 @@ class EmbeddingClassifier:
         X = self.embed(texts, progress=progress)
         if self.lr is not None:
             assert self.center is not None
-            return self.lr.predict_proba(_centred(X, self.center))
+            return self.lr.predict_proba(centred(X, self.center))
         return softmax(CENTROID_SCALE * (X @ self.centroids.T))
 
     def describe(self) -> dict:

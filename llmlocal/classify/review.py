@@ -130,30 +130,45 @@ def least_sure(items: Sequence[Item], predictions: Sequence[Prediction], n: int)
 def write_suggestions(rows: Sequence[dict], path: str) -> None:
     """``path`` as an examples file (text, label: the guess to correct; then id, line, margin): CSV,
     TSV or JSONL by its extension, written atomically. ``classify -e`` reads it once corrected."""
-    import csv
-    import io
-    import json
+    write_examples(rows, path, columns=("text", "label", "id", "line", "margin"))
 
+
+def write_examples(rows: Sequence[dict], path: str, *, columns: Sequence[str]) -> None:
+    """``rows`` as a labelled-examples file ``classify -e`` reads (``columns`` starting with text
+    and label): CSV, TSV or JSONL by the extension of ``path``, written atomically."""
     from ..atomic import write_failure, write_text
 
-    fmt = suggestions_format(path)
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    else:
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-        writer.writerow(["text", "label", "id", "line", "margin"])
-        for r in rows:
-            writer.writerow([r["text"], r["label"], r["id"], r["line"], r["margin"]])
-        text = buf.getvalue()
     try:
-        write_text(path, text)
+        write_text(path, examples_text(rows, examples_format(path), columns=columns))
     except OSError as exc:
         raise write_failure(path, exc, next_step=f"run it again: {path} is as it was") from None
 
 
-def suggestions_format(path: str) -> str:
-    """csv, tsv or jsonl, from the extension of a --suggest-output file (checked before any work)."""
+def examples_text(rows: Sequence[dict], fmt: str, *, columns: Sequence[str]) -> str:
+    """The text of an examples file in ``fmt`` (csv, tsv or jsonl): a header of ``columns``, a row each."""
+    import csv
+    import io
+    import json
+
+    if fmt == "jsonl":
+        return "".join(json.dumps({c: r[c] for c in columns}, ensure_ascii=False) + "\n" for r in rows)
+    if fmt == "tsv":  # TSV has no quoting (tabular reads a quote as text): a tab or newline becomes a space
+        def field(value: object) -> str:
+            text = str("" if value is None else value)
+            return text.replace("\t", " ").replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+
+        return "".join("\t".join(field(v) for v in values) + "\n"
+                       for values in [list(columns), *([r[c] for c in columns] for r in rows)])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([r[c] for c in columns])
+    return buf.getvalue()
+
+
+def examples_format(path: str) -> str:
+    """csv, tsv or jsonl, from the extension of an examples file to write (checked before any work)."""
     lower = path.lower()
     if lower.endswith((".jsonl", ".ndjson")):
         return "jsonl"
@@ -195,5 +210,5 @@ def check_report_path(path: str | None) -> None:
         raise UsageError(f"{option('report')} writes HTML: name the file .html", hint=f"{option('report')} report.html")
 
 
-__all__ = ["COMPARED", "check_report_path", "compare", "format_compare", "format_suggestions", "html_report",
-           "least_sure", "suggestions_format", "write_suggestions"]
+__all__ = ["COMPARED", "check_report_path", "compare", "examples_format", "examples_text", "format_compare",
+           "format_suggestions", "html_report", "least_sure", "write_examples", "write_suggestions"]
