@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "pull", "load", "LocalModel"]
+__all__ = ["__version__", "pull", "load", "index", "LocalModel", "DocumentIndex"]
 
 if TYPE_CHECKING:
-    from .api import LocalModel, load
+    from .api import DocumentIndex, LocalModel, index, load
 
 
 def pull(model: str, *, sha256: str | None = None, progress: bool = False):
@@ -22,7 +22,7 @@ def pull(model: str, *, sha256: str | None = None, progress: bool = False):
 def __getattr__(name: str):
     # load and LocalModel live in api.py, imported on first use: `import llmlocal` (and so every
     # CLI start, which reads __version__ from here) stays free of the loader, store and runtime.
-    if name in ("load", "LocalModel"):
+    if name in ("load", "LocalModel", "index", "DocumentIndex"):
         from . import api
 
         return getattr(api, name)

@@ -20,6 +20,7 @@ Classification and embeddings, for notebooks (the classify command's methods, ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,78 @@ def load(model: str | None = None, *, ctx: int | None = None, threads: int | Non
     """
     return LocalModel(loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose),
                       ref=model, threads=threads)
+
+
+def index(name: str, paths: Any = None, *, model: str | None = None, glob: str | None = None,
+          text_column: str | None = None, threads: int | None = None, progress: bool = False) -> DocumentIndex:
+    """Open document index ``name``; with ``paths`` (a path or a list of them), first create or
+    update it from them, as ``llmlocal index NAME PATH...`` does (only changed files are redone).
+
+    ``model``: the embedding model of a new index (default: an installed catalogue embedding
+    model, else the default model). Raises IndexError_ for a missing index without ``paths``.
+    """
+    from . import documents
+
+    documents.index.check_name(name)
+    summary = None
+    if paths is not None:
+        given = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
+        summary = documents.build(name, given, model=model, glob=glob, text_column=text_column, progress=progress,
+                                  threads=threads)
+    return DocumentIndex(name, threads=threads, last_update=summary)
+
+
+class DocumentIndex:
+    """A document index for search and :meth:`LocalModel.ask`; its embedding model is loaded on
+    first use and kept until :meth:`close` (use it as a context manager)."""
+
+    def __init__(self, name: str, *, threads: int | None = None, last_update: Any = None) -> None:
+        from . import documents
+
+        self.name = name
+        self.last_update = last_update  # the UpdateSummary of index(name, paths), else None
+        self._threads = threads
+        self._index = documents.Index.open(name)
+        self._embedder: Any = None
+
+    def __repr__(self) -> str:
+        return f"<DocumentIndex {self.name!r}>"
+
+    def _query_vector(self, text: str):
+        from . import documents
+
+        if self._embedder is None:
+            self._embedder = documents.open_embedder(self._index.meta.get("model"), threads=self._threads)
+            self._index.check_model(self._embedder.model_name, self._embedder.sha256)
+        return documents.job.question_vector(self._embedder, text)
+
+    def search(self, query: str, *, k: int = 5, mode: str = "hybrid") -> list[dict]:
+        """The ``k`` best chunks: dicts with rank, score, file, where (file:lines), heading, text."""
+        if not isinstance(query, str) or not query.strip():
+            raise UsageError("the query must be a non-empty string")
+        vector = None if mode == "keyword" else self._query_vector(query)
+        return [h.as_dict() for h in self._index.search(query, vector, k=k, mode=mode)]
+
+    def context(self, question: str, *, k: int = 4):
+        """What :meth:`LocalModel.ask` shows the model (a documents.Context: found, sources, prompt())."""
+        from . import documents
+
+        return documents.retrieve(self._index, question, self._query_vector(question), k=k)
+
+    def info(self) -> dict:
+        return self._index.info()
+
+    def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        self._index.close()
+
+    def __enter__(self) -> DocumentIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def sampling_params(sampling: dict[str, Any], constraint: Constraint | None = None) -> SamplingParams:
@@ -259,6 +332,36 @@ class LocalModel:
         value = result.checked.value
         validate = getattr(schema, "model_validate", None)  # a pydantic model: return an instance of it
         return validate(value) if isinstance(schema, type) and callable(validate) else value
+
+    def ask(self, index: DocumentIndex | str, question: str, *, k: int = 4, **sampling: Any) -> dict:
+        """Answer ``question`` from a document index: {"answer", "found", "sources"}, each source
+        {"number", "where", "heading", "text"}. Greedy (temperature 0) unless told otherwise.
+        When nothing in the index holds the question's key words, "found" is False and
+        "answer" None: no answer from nowhere."""
+        from . import documents
+
+        own = isinstance(index, str)
+        idx = DocumentIndex(index, threads=self._threads) if isinstance(index, str) else index
+        try:
+            ctx = idx.context(question, k=k)
+        finally:
+            if own:
+                idx.close()
+        if not ctx.found:
+            return {"answer": None, "found": False, "sources": [], "question": question}
+        model = self._model()
+        self._check_idle()
+        params = sampling_params({"temperature": 0, "max_tokens": 256, **sampling})
+        stream = documents.job.ask_stream(model, ctx, params=params, generator=self._generator)
+        self._streaming = True
+        try:
+            result = stream.result()
+        finally:
+            stream.close()
+            self._streaming = False
+        self.last = result
+        return {"answer": result.text, "found": True, "question": question,
+                "sources": [{k: v for k, v in s.as_dict().items() if k != "hit"} for s in ctx.sources]}
 
     def chat(self, messages: list[dict], *, schema: Any = None, grammar: str | None = None, format: Any = None,
              **sampling: Any) -> str:

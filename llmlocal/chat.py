@@ -141,6 +141,10 @@ class ChatSession:
         self.generator = Generator(model)
         self.messages: list[dict[str, str]] = []  # the whole transcript, user/assistant alternating
         self.last: Completion | None = None
+        # With a document index (chat --index): each message goes to the model with the sources
+        # retrieved for it (the transcript keeps what the model saw), and last_sources lists them.
+        self.retriever: Callable[[str], tuple[str, list]] | None = None
+        self.last_sources: list = []
         self._first = 0  # index into messages of the oldest exchange still in the context window
         self._noted_drop = False
         self._prompt_total = self._gen_total = 0
@@ -159,7 +163,8 @@ class ChatSession:
         """
         if not text.strip():
             raise UsageError("empty message")
-        user = {"role": "user", "content": text}
+        content, self.last_sources = self.retriever(text) if self.retriever is not None else (text, [])
+        user = {"role": "user", "content": content}
         tokens, first = self._fit(user)
         dropped = (first - self._first) // 2
         self._first = first

@@ -573,7 +573,9 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
 @click.option("--template", metavar="NAME",
               help="Chat template family to use instead of the model's: chatml, llama3, gemma, phi3, mistral.")
 @structured_options
-def chat_cmd(system: str | None, template: str | None, model_opts: ModelOptions,
+@click.option("--index", "index_name", metavar="NAME", help="Answer from document index NAME (`llmlocal index`): "
+              "each message retrieves sources, listed under the reply (also /index NAME).")
+def chat_cmd(system: str | None, template: str | None, index_name: str | None, model_opts: ModelOptions,
              sampling_opts: SamplingOptions, structured_opts: StructuredOptions) -> None:
     """Chat with a model: streamed replies, line editing and history, /help for commands.
 
@@ -597,6 +599,10 @@ def chat_cmd(system: str | None, template: str | None, model_opts: ModelOptions,
                                       family=loaded.spec.template, override=template)
         session = chat.ChatSession(loaded.model, template=chosen, model_name=loaded.name, system=system,
                                    params=params, on_note=lambda text: click.echo(text, err=True))
+        if index_name is not None:
+            from .documents.job import Retriever
+
+            session.retriever = Retriever(index_name, threads=model_opts.threads)  # closed by run_repl
         # Piped input is decoded leniently so that a bad byte is reported with its line number
         # (repl checks every line) instead of failing inside Python's reader.
         stdin = None if sys.stdin.isatty() else io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8",
@@ -1152,6 +1158,188 @@ def cluster_cmd(input: str | None, k: str, max_k: int, output: str | None, outpu
                    + (f", named by {outcome.naming_model['name']}" if outcome.naming_model else "")
                    + (f"; written to {output}" if output else "")
                    + (f"; examples in {examples_out}" if examples_out else ""), err=True)
+
+
+# ---------------------------------------------------------------- documents
+
+
+@cli.command("index")
+@click.argument("name", metavar="NAME")
+@click.argument("paths", nargs=-1, metavar="PATH...")
+@click.option("--glob", metavar="PATTERN", help="Under a directory, only files matching this (e.g. '**/*.md') "
+              "[default: every file of a kind llmlocal reads].")
+@click.option("--text-column", metavar="NAME", help="The text column of CSV/TSV/JSONL files [default: text].")
+@click.option("--model", "-m", metavar="MODEL", help="Embedding model for a new index [default: an installed "
+              "catalogue embedding model, else the default model].")
+@click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or ls/info) as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+def index_cmd(name: str, paths: tuple[str, ...], glob: str | None, text_column: str | None, model: str | None,
+              threads: int | None, as_json: bool, quiet: bool) -> None:
+    """Index documents for `search` and `ask`: text, Markdown, reStructuredText, HTML, CSV/TSV/JSONL
+    rows and PDF, chunked by headings and paragraphs, in <home>/indexes/NAME.sqlite.
+
+    Re-running indexes only new and changed files (by SHA-256) and removes chunks of files gone
+    from under PATH. An unreadable file (an encrypted PDF) is a warning, not a failure. Also:
+    `llmlocal index ls`, `llmlocal index info NAME`, `llmlocal index rm NAME`.
+
+    \b
+    Examples:
+      llmlocal index docs ~/notes --glob '**/*.md'
+      llmlocal index manuals handbook.pdf faq.html
+      llmlocal index ls
+    """
+    from . import documents
+
+    if name == "ls":
+        if paths:
+            raise UsageError("`llmlocal index ls` takes no arguments")
+        infos = []
+        for known in documents.list_indexes():
+            with documents.Index.open(known) as idx:
+                infos.append(idx.info())
+        if as_json:
+            _json_out(infos)
+        elif not infos:
+            click.echo("no indexes yet; build one with `llmlocal index NAME PATH...`", err=True)
+        else:
+            _print_table([("NAME", "FILES", "CHUNKS", "MODEL", "SIZE")] + [
+                (i["name"], i["files"], i["chunks"], i["model"] or "-", _human(i["disk_bytes"])) for i in infos])
+        return
+    if name in ("info", "rm"):
+        if len(paths) != 1:
+            raise UsageError(f"`llmlocal index {name}` takes one index NAME")
+        if name == "rm":
+            removed = documents.remove(paths[0])
+            click.echo(f"removed index {paths[0]} ({removed})", err=True)
+            return
+        with documents.Index.open(paths[0]) as idx:
+            info = idx.info()
+        if as_json:
+            _json_out(info)
+        else:
+            for key in ("name", "path", "model", "sha256", "dim", "files", "chunks", "kinds", "disk_bytes", "created"):
+                click.echo(f"{key}: {info[key]}")
+        return
+    if not paths:
+        raise UsageError("give the files or directories to index: `llmlocal index NAME PATH...`")
+    documents.index.check_name(name)
+    summary = documents.build(name, paths, model=model, glob=glob, text_column=text_column, progress=not quiet,
+                              threads=threads)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        _json_out({"index": name, **dataclasses.asdict(summary), "chunks_per_second": summary.chunks_per_second})
+    else:
+        click.echo(f"index {name}: {summary.indexed} file(s) indexed ({summary.chunks} chunks, "
+                   f"{summary.chunks_per_second:.1f} chunks/s), {summary.unchanged} unchanged, "
+                   f"{summary.removed} removed, {len(summary.warnings)} unreadable", err=True)
+    if summary.seen and not summary.indexed and not summary.unchanged:
+        raise UsageError(f"none of the {summary.seen} file(s) could be read (see the warnings above)")
+
+
+def _human(n: int) -> str:
+    from .progress import human_bytes
+
+    return human_bytes(n)
+
+
+@cli.command("search")
+@click.argument("name")
+@click.argument("query")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="How many chunks.")
+@click.option("--mode", type=click.Choice(["hybrid", "embedding", "keyword"]), default="hybrid", show_default=True,
+              help="hybrid fuses embedding similarity with BM25 keywords.")
+@click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+def search_cmd(name: str, query: str, k: int, mode: str, threads: int | None, as_json: bool) -> None:
+    """Search index NAME: the chunks that best match QUERY, with file:lines, heading and score.
+
+    \b
+    Examples:
+      llmlocal search docs "how do I reset my password"
+      llmlocal search docs "error E1234" --mode keyword --json
+    """
+    from . import documents
+
+    hits = documents.search(name, tabular_text(query, "the query"), k=k, mode=mode, threads=threads)
+    if as_json:
+        _json_out({"index": name, "query": query, "mode": mode, "hits": [h.as_dict() for h in hits]})
+        return
+    if not hits:
+        click.echo(f"nothing in index {name} matches", err=True)
+    for h in hits:
+        heading = f"  {' > '.join(h.heading)}" if h.heading else ""
+        click.echo(f"{h.rank}. {h.where}{heading}  (score {h.score:.4f})")
+        snippet = " ".join(h.text.split())
+        click.echo("   " + (snippet[:240] + "…" if len(snippet) > 240 else snippet))
+
+
+def tabular_text(text: str, what: str) -> str:
+    from . import tabular
+
+    return tabular.check_text(text, what)
+
+
+@cli.command("ask")
+@click.argument("name")
+@click.argument("question")
+@model_options
+@sampling_options
+@click.option("-k", "k", type=int, default=4, show_default=True, help="How many chunks to show the model.")
+@click.option("--show-context", is_flag=True, help="Print what the model saw (on stderr) before the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: answer, sources, found, usage.")
+def ask_cmd(name: str, question: str, k: int, show_context: bool, as_json: bool, model_opts: ModelOptions,
+            sampling_opts: SamplingOptions) -> None:
+    """Answer QUESTION from index NAME: a streamed answer citing its sources as [1], [2], then
+    the list of sources (file:lines). When nothing in the index holds the question's key words it
+    says so instead of answering from nowhere. Greedy (--temperature 0) and at most 256 tokens
+    unless told otherwise.
+
+    \b
+    Examples:
+      llmlocal ask docs "How do I rotate the API key?"
+      llmlocal ask docs "What is the refund window?" --show-context
+    """
+    from . import documents
+
+    question = tabular_text(question, "the question")
+    params = sampling_opts.params(temperature=0, max_tokens=256)
+    idx, embedder = documents.open_for_query(name, threads=model_opts.threads)
+    try:
+        ctx = documents.retrieve(idx, question, documents.job.question_vector(embedder, question), k=k)
+    finally:
+        embedder.close()
+        idx.close()
+    if show_context and ctx.found:
+        click.echo(ctx.prompt() + "\n", err=True)
+    if not ctx.found:
+        message = (f"Nothing in index {name} matches the question (no chunk holds enough of its key words), "
+                   "so there is no answer to give from it.")
+        if as_json:
+            _json_out({"index": name, "question": question, "found": False, "answer": None, "sources": [],
+                       "hits": [h.as_dict() for h in ctx.hits]})
+        else:
+            click.echo(message)
+        return
+    loaded = model_opts.load()
+    try:
+        stream = documents.job.ask_stream(loaded.model, ctx, params=params)
+        for piece in stream:
+            if not as_json:
+                click.echo(piece, nl=False)
+        result = stream.result()
+    finally:
+        loaded.close()
+    if as_json:
+        _json_out({"index": name, "question": question, "found": True, "answer": result.text,
+                   "sources": [s.as_dict() for s in ctx.sources], "model": loaded.name, "sha256": loaded.sha256,
+                   "finish_reason": result.finish_reason, "usage": result.usage(), "params": result.params})
+        return
+    click.echo("\n\nSources:")
+    for s in ctx.sources:
+        heading = f"  {' > '.join(s.heading)}" if s.heading else ""
+        click.echo(f"[{s.number}] {s.where}{heading}")
 
 
 # ---------------------------------------------------------------- server

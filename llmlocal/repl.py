@@ -23,7 +23,7 @@ CONTINUATION = "... "
 FENCE = '"""'
 HISTORY_LENGTH = 1000
 
-COMMANDS = ("/help", "/system", "/set", "/reset", "/save", "/load", "/stats", "/exit", "/quit", "/bye")
+COMMANDS = ("/help", "/system", "/set", "/index", "/reset", "/save", "/load", "/stats", "/exit", "/quit", "/bye")
 
 HELP = f"""\
 Commands:
@@ -33,6 +33,8 @@ Commands:
                       PARAM is one of {", ".join(PARAMS)}
   /set format F       hold replies to F: json, a JSON Schema (inline, a .json file, or
                       'name, age int'), or off
+  /index NAME|off     answer from document index NAME (`llmlocal index`): each message
+                      retrieves sources, listed under the reply
   /reset              forget the conversation (keeps the system prompt and settings)
   /save FILE          save the conversation as JSON
   /load FILE          load a conversation saved with /save and continue it
@@ -52,7 +54,13 @@ def run_repl(session: ChatSession, *, stdin: TextIO | None = None, stdout: TextI
     stdin = stdin or sys.stdin
     if interactive is None:
         interactive = stdin is sys.stdin and stdin.isatty()
-    _Repl(session, stdin, stdout or sys.stdout, stderr or sys.stderr, interactive).run()
+    try:
+        _Repl(session, stdin, stdout or sys.stdout, stderr or sys.stderr, interactive).run()
+    finally:
+        close = getattr(session.retriever, "close", None)  # an index opened by /index (or --index)
+        if close is not None:
+            close()
+        session.retriever = None
 
 
 class _Repl:
@@ -129,6 +137,7 @@ class _Repl:
             return
         self.out.write("\n\n" if self.interactive else "\n")
         self.out.flush()
+        self.sources()
         if result.checked is not None and not result.checked.valid:
             self.note(f"note: the reply does not match the format: {result.checked.error}")
         if result.finish_reason == "length":
@@ -200,6 +209,10 @@ class _Repl:
                                else "no system prompt (the template's default applies)")
             elif name == "/set":
                 self.set(arg)
+            elif name == "/index":
+                if not arg:
+                    return self.usage("/index NAME|off")
+                self.use_index(None if arg.lower() == "off" else arg)
             elif name == "/reset":
                 session.reset()
                 self.print("conversation cleared")
@@ -220,6 +233,29 @@ class _Repl:
         except (LlmlocalError, OSError) as exc:
             self.error(exc)
         return True
+
+    def use_index(self, name: str | None) -> None:
+        from .documents.job import Retriever
+
+        old = self.session.retriever
+        if name is not None:
+            self.session.retriever = Retriever(name)
+            self.print(f"answering from index {name}")
+        else:
+            self.session.retriever = None
+            self.print("no index")
+        if isinstance(old, Retriever):
+            old.close()
+
+    def sources(self) -> None:
+        """The sources the last message retrieved, under the reply."""
+        sources = self.session.last_sources
+        if self.session.retriever is None:
+            return
+        if not sources:
+            self.note("(no source in the index matches this message)")
+            return
+        self.print("Sources: " + "; ".join(f"[{s.number}] {s.where}" for s in sources))
 
     def set(self, arg: str) -> None:
         params = self.session.params
