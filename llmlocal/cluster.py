@@ -310,13 +310,14 @@ def distinct_count(texts: Sequence[str]) -> int:
 
 
 def group(vectors: np.ndarray, ks: Sequence[int], *, seed: int = 0, k_requested: int | str | None = None,
-          sample: int = SILHOUETTE_SAMPLE) -> Clustering:
+          sample: int = SILHOUETTE_SAMPLE, centre: bool = True) -> Clustering:
     """Cluster ``vectors`` (one row per text) with each k in ``ks`` and keep the best silhouette
     (ties: the smaller k); the clusters come largest first, named ``cluster 1``, ``cluster 2``...
 
-    Pure arithmetic: no model. The vectors are centred and renormalised here (prepare_vectors).
+    Pure arithmetic: no model. The vectors are centred and renormalised here (prepare_vectors);
+    ``centre=False`` takes them as they are (the benchmark's TF-IDF baseline and ablation).
     """
-    X = prepare_vectors(vectors)
+    X = prepare_vectors(vectors) if centre else np.asarray(vectors, dtype=np.float64)
     n = X.shape[0]
     sampled = sample if n > sample else None
     if sampled is not None:

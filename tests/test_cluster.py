@@ -304,6 +304,7 @@ def test_python_api(installed) -> None:
     ("a\nb\nc\n", ["--examples-out", "{dir}/ex.txt"], 2, "cannot tell the format of"),
     ("a\nb\nc\n", ["--seed", "-1"], 2, "--seed must be 0 or more"),
     ("a\nb\nc\n", ["-o", "{dir}/out.xlsx"], 2, "cannot tell the output format"),
+    ("a\nb\nc\n", ["-o", "{dir}/out.csv", "--examples-out", "{dir}/out.csv"], 2, "name the same file"),
 ])
 def test_bad_input_is_one_error_line_before_any_model_loads(tmp_path, content, args, code, message) -> None:
     """No model is installed in this home: each error is found before one would be loaded."""
