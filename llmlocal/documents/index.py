@@ -162,8 +162,9 @@ class Index:
     # -- opening
 
     @classmethod
-    def open(cls, name: str, *, create: bool = False) -> Index:
-        """Open index ``name`` (``create``: make it if missing).
+    def open(cls, name: str, *, create: bool = False, threads_share: bool = False) -> Index:
+        """Open index ``name`` (``create``: make it if missing). ``threads_share``: the connection may
+        be used from other threads than this one (the server's, one at a time under its lock).
 
         Raises:
             IndexError_: it does not exist (and not ``create``), or the file is not an index.
@@ -173,7 +174,7 @@ class Index:
             raise IndexError_(f"no index named '{name}'", hint=_known_hint())
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(path, timeout=30)
+            conn = sqlite3.connect(path, timeout=30, check_same_thread=not threads_share)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)

@@ -326,9 +326,10 @@ def ask_stream(model: Any, ctx: Context, *, params: Any, system: str | None = No
     return (generator or Generator(model)).stream(tokens, params)
 
 
-def open_for_query(name: str, model: str | None = None, *, threads: int | None = None) -> tuple[Index, Embedder]:
+def open_for_query(name: str, model: str | None = None, *, threads: int | None = None,
+                   threads_share: bool = False) -> tuple[Index, Embedder]:
     """The index and its embedding model, checked to match (the caller closes both)."""
-    idx = Index.open(name)
+    idx = Index.open(name, threads_share=threads_share)
     try:
         embedder = open_embedder(model or idx.meta.get("model"), threads=threads)
     except BaseException:

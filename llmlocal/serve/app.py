@@ -20,9 +20,10 @@ import json
 import logging
 import signal
 import socket
+import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -231,11 +232,37 @@ class _EventStream:
 # ---------------------------------------------------------------- the application
 
 
+class SearchIndex:
+    """A document index served by ``serve --index NAME``: its connection and embedding model, one
+    request at a time (neither a SQLite connection nor a llama.cpp context takes two threads)."""
+
+    def __init__(self, name: str, *, threads: int | None = None) -> None:
+        from .. import documents
+
+        self.name = name
+        self.index, self.embedder = documents.open_for_query(name, threads=threads, threads_share=True)
+        self.lock = threading.Lock()
+
+    def search(self, query: str, *, k: int, mode: str) -> list:
+        from ..documents.job import question_vector
+
+        with self.lock:
+            vector = None if mode == "keyword" else question_vector(self.embedder, query)
+            return self.index.search(query, vector, k=k, mode=mode)
+
+    def close(self) -> None:
+        with self.lock:
+            self.embedder.close()
+            self.index.close()
+
+
 class Api:
     """The endpoints, bound to one pool and its settings."""
 
-    def __init__(self, pool: ModelPool, settings: ServerSettings) -> None:
+    def __init__(self, pool: ModelPool, settings: ServerSettings,
+                 indexes: dict[str, SearchIndex] | None = None) -> None:
         self.pool, self.settings = pool, settings
+        self.indexes = indexes or {}
         self.started = int(time.time())
 
     # -- cross-cutting: auth, body, errors
@@ -439,12 +466,18 @@ class Api:
 
         return JSONResponse(await self._off_loop(req.model, run))
 
+    async def search(self, request: Request, body: Any) -> Response:
+        req = oai.parse_search(body, list(self.indexes))
+        served = self.indexes[req.index]
+        hits = await anyio.to_thread.run_sync(functools.partial(served.search, req.query, k=req.k, mode=req.mode))
+        return JSONResponse(oai.search_response(req, served.embedder.model_name, hits))
+
     async def _off_loop(self, requested: str | None, fn: Callable[[Resident], dict]) -> dict:
         return await anyio.to_thread.run_sync(self.pool.run, self._model_name(requested), fn)
 
 
-def create_app(pool: ModelPool, settings: ServerSettings) -> Starlette:
-    api = Api(pool, settings)
+def create_app(pool: ModelPool, settings: ServerSettings, indexes: dict[str, SearchIndex] | None = None) -> Starlette:
+    api = Api(pool, settings, indexes)
     ep = api.endpoint
     routes = [
         Route("/health", ep(api.health, body=False, auth=False), methods=["GET"]),
@@ -454,6 +487,7 @@ def create_app(pool: ModelPool, settings: ServerSettings) -> Starlette:
         Route("/v1/completions", ep(api.completions), methods=["POST"]),
         Route("/v1/embeddings", ep(api.embeddings), methods=["POST"]),
         Route("/v1/classify", ep(api.classify), methods=["POST"]),
+        Route("/v1/search", ep(api.search), methods=["POST"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -498,10 +532,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
           options: PoolOptions | None = None, max_body: int = DEFAULT_MAX_BODY, debug: bool = False,
-          log_requests: bool = False, on_note: Callable[[str], None] | None = None) -> None:
-    """Load ``models`` (the first is the default for requests that name none), listen, serve until
-    interrupted. Errors before listening (unknown model, port in use) raise; afterwards a request's
-    error is its own response."""
+          log_requests: bool = False, on_note: Callable[[str], None] | None = None,
+          indexes: Sequence[str] = ()) -> None:
+    """Load ``models`` (the first is the default for requests that name none), open ``indexes``
+    (for POST /v1/search), listen, serve until interrupted. Errors before listening (unknown model
+    or index, port in use) raise; afterwards a request's error is its own response."""
     import uvicorn
 
     from .. import runtime
@@ -515,7 +550,10 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
     store.installed_models()
     loader.default_model()
     pool = ModelPool(options, on_note=note)
+    served: dict[str, SearchIndex] = {}
     try:
+        for name in indexes:
+            served[name] = SearchIndex(name, threads=options.threads)
         names = []
         for ref in models:
             resident = pool.acquire(ref, references=True)
@@ -527,15 +565,16 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
         runtime.prefer_batch_invariant_kernels()
         settings = ServerSettings(api_key=api_key or None, max_body=max_body,
                                   default_model=names[0] if names else None, debug=debug)
-        app = create_app(pool, settings)
+        app = create_app(pool, settings, served)
         config = uvicorn.Config(app, log_level="info" if log_requests else "warning", access_log=log_requests,
                                 timeout_graceful_shutdown=5, lifespan="off", server_header=False)
         server = uvicorn.Server(config)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         loaded = ", ".join(names) if names else f"models load on first request, default {loader.default_model()}"
+        searched = f"; search over {', '.join(served)}" if served else ""
         note(f"llmlocal {__version__} serving on http://{shown}:{bound_port}/v1 ({loaded}; "
-             f"{options.parallel} parallel per model{'; API key required' if api_key else ''})")
+             f"{options.parallel} parallel per model{searched}{'; API key required' if api_key else ''})")
         if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
             note(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it")
         # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler
@@ -547,4 +586,6 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
         finally:
             signal.signal(signal.SIGTERM, previous)
     finally:
+        for index in served.values():
+            index.close()
         pool.close()

@@ -696,3 +696,47 @@ def model_entry(name: str, created: int = 0) -> dict:
 
 def models_response(names: Sequence[tuple[str, int]]) -> dict:
     return {"object": "list", "data": [model_entry(n, c) for n, c in names]}
+
+
+# ---------------------------------------------------------------- search
+
+
+@dataclass
+class SearchRequest:
+    index: str
+    query: str
+    k: int
+    mode: str
+
+
+MAX_SEARCH_K = 50
+
+
+def parse_search(body: Any, indexes: Sequence[str]) -> SearchRequest:
+    """``POST /v1/search`` (llmlocal's own): {"index"?, "query", "k"?, "mode"?} over the indexes
+    named with ``serve --index``; "index" may be left out when there is one."""
+    body = _obj(body)
+    if not indexes:
+        raise ApiError(404, "this server has no document index: start it with `llmlocal serve --index NAME`",
+                       type="not_found_error", code="no_index")
+    name = _opt_str(body, "index")
+    if name is None:
+        if len(indexes) > 1:
+            raise _bad(f"name the 'index' to search: one of {', '.join(indexes)}", "index")
+        name = indexes[0]
+    if name not in indexes:
+        raise ApiError(404, f"no index '{name}' on this server (it serves {', '.join(indexes)})",
+                       type="not_found_error", code="index_not_found", param="index")
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise _bad("'query' must be a non-empty string", "query")
+    k = _opt_number(body, "k", low=1, high=MAX_SEARCH_K, integer=True)
+    mode = _opt_str(body, "mode") or "hybrid"
+    if mode not in ("hybrid", "embedding", "keyword"):
+        raise _bad("'mode' must be hybrid, embedding or keyword", "mode")
+    return SearchRequest(name, query, int(k) if k is not None else 5, mode)
+
+
+def search_response(req: SearchRequest, model: str, hits: Sequence[Any]) -> dict:
+    return {"object": "list", "index": req.index, "model": model, "query": req.query, "mode": req.mode,
+            "data": [{"object": "search.hit", **h.as_dict()} for h in hits]}
