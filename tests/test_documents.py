@@ -354,3 +354,17 @@ def test_serve_search_endpoint(installed, docs: Path) -> None:
         assert status == 400 and err["error"]["param"] == "k"
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_the_readme_documents_example_runs(installed, docs: Path, monkeypatch, capsys) -> None:
+    """The README's Documents Python example, verbatim, in a directory with ./notes."""
+    monkeypatch.chdir(docs.parent)
+    docs.rename(docs.parent / "notes")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Documents: index, search, ask", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and "guide.md" in lines[0]
+    assert lines[-1].startswith("True ")
