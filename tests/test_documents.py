@@ -368,3 +368,24 @@ def test_the_readme_documents_example_runs(installed, docs: Path, monkeypatch, c
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and "guide.md" in lines[0]
     assert lines[-1].startswith("True ")
+
+
+@pytest.mark.slow
+def test_an_installed_embedding_model_is_the_default(installed, docs: Path, smollm2: Path) -> None:
+    """The code path of a dedicated embedding model, with SmolLM2's file standing in for one (the
+    only GGUFs here are chat models): registered with purpose "embedding", it is what a new index
+    embeds with, without the note that suggests one; its GGUF declares no pooling, so mean."""
+    from llmlocal import paths
+
+    assert invoke("import", str(smollm2), "--name", "standin-embed").exit_code == 0
+    catalog_file = paths.user_catalog_path()
+    text = catalog_file.read_text()
+    assert "purpose" not in text  # "chat", the default, is not written
+    catalog_file.write_text(text.replace('name = "standin-embed"', 'name = "standin-embed"\npurpose = "embedding"'))
+    result = invoke("index", "acme", str(docs / "guide.md"), "-q")
+    assert result.exit_code == 0, result.output
+    assert "dedicated embedding model" not in result.stderr
+    assert json.loads(invoke("index", "info", "acme", "--json").stdout)["model"] == "standin-embed"
+    from llmlocal.documents.job import pooling_for
+
+    assert pooling_for("standin-embed") == "mean"

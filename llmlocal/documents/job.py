@@ -80,11 +80,20 @@ def open_embedder(model: str | None = None, *, threads: int | None = None, verbo
         if not dedicated:
             log.info("embedding with %s's pooled states; a dedicated embedding model retrieves better "
                      "(`llmlocal pull nomic-embed`)", ref)
-    spec = catalog.resolve(ref)
-    pooling = "model" if spec.purpose == "embedding" else "mean"
-    loaded = loader.load(ref, embeddings=True, n_seq_max=16, threads=threads, verbose=verbose, pooling=pooling)
+    loaded = loader.load(ref, embeddings=True, n_seq_max=16, threads=threads, verbose=verbose,
+                         pooling=pooling_for(ref))
     query, document = PREFIXES.get(loaded.model.info.architecture, ("", ""))
     return Embedder(loaded, query, document)
+
+
+def pooling_for(ref: str) -> str:
+    """The GGUF's own pooling when the file declares one (embedding models do: CLS for bge, mean
+    for nomic and MiniLM), else mean pooling (a chat model's states; see classify's embeddings)."""
+    from .. import gguf
+
+    info = gguf.read_gguf(store.model_file(catalog.resolve(ref)))
+    declared = info.metadata.get(f"{info.architecture}.pooling_type")
+    return "model" if isinstance(declared, int) and declared > 0 else "mean"
 
 
 # ---------------------------------------------------------------- indexing
