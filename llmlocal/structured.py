@@ -24,8 +24,9 @@ from typing import Any
 from .errors import InvalidSchemaError, UsageError, option
 from .sampling import Constraint
 
-__all__ = ["ANY_OBJECT", "Checked", "Constraint", "any_json", "check", "closes", "concise", "from_grammar",
-           "from_schema", "parse_option", "read_grammar", "validate"]
+__all__ = ["ANY_OBJECT", "Checked", "Constraint", "any_json", "cached_schema", "check", "closes", "concise",
+           "extraction_prompt", "from_grammar", "from_response_format", "from_schema", "from_value", "parse_option",
+           "read_grammar", "resolve", "validate"]
 
 # What `--format json` and OpenAI's {"type": "json_object"} mean: some JSON object (Ollama's and
 # OpenAI's reading; llama.cpp's json.gbnf root is an object too).
