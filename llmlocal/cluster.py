@@ -187,6 +187,9 @@ def prepare_vectors(vectors: np.ndarray) -> np.ndarray:
 
     Mean-pooled vectors of a language model share one large direction (cosines 0.7-0.9 between
     unrelated texts); centring removes it, as the embedding classifier does (classify.embedding).
+    Measured by benchmarks/cluster_bench.py (ARI, k = the true number of classes): six SQuAD
+    articles 0.968 -> 0.992 with SmolLM2-135M, 0.925 -> 0.933 with Gemma 3 270M base; SMS spam
+    and ham 0.142 -> 0.140 and 0.678 -> 0.609. It helps topics, and a two-class split less surely.
     """
     from .classify.embedding import centred
 
