@@ -165,7 +165,8 @@ def build(name: str, paths: Sequence[str], *, embedder: Embedder | None = None, 
                 summary.unchanged += 1
             else:
                 todo.append((path, digest))
-        gone = [p for p in indexed if _under(Path(p), roots) and Path(p) not in set(files)]
+        found = set(files)
+        gone = [p for p in indexed if _under(Path(p), roots) and Path(p) not in found]
         for path_text in gone:
             idx.remove_file(path_text)
             summary.removed += 1
