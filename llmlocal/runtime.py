@@ -775,8 +775,8 @@ def _stderr_captured():
 
     llama.cpp's grammar parser reports errors with fprintf(stderr), outside its log callback, so
     without this a bad grammar would print raw parser output above our one Error line. Anything
-    captured that is not the parser's is written back to stderr afterwards (another thread may
-    have logged in the window).
+    captured that is not the parser's (another thread may have written in the window) goes to the
+    llama.cpp logger, where the CLI decides whether a person sees it.
     """
     import tempfile
 
@@ -791,6 +791,5 @@ def _stderr_captured():
             os.close(saved)
         sink.seek(0)
         text = sink.read().decode("utf-8", "replace")
-        if text and "error parsing grammar" not in text:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+        if text.strip() and "error parsing grammar" not in text:
+            logging.getLogger(LLAMA_LOG).warning("%s", text.rstrip("\n"))
