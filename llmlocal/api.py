@@ -31,7 +31,7 @@ from .sampling import FIELDS, Constraint, SamplingParams
 
 
 def load(model: str | None = None, *, ctx: int | None = None, threads: int | None = None,
-         sha256: str | None = None, verbose: bool = False) -> LocalModel:
+         sha256: str | None = None, verbose: bool = False, kv_type: str = "f16") -> LocalModel:
     """Load ``model`` (catalogue name, ``.gguf`` path or ``hf:`` reference; default: the
     configured default model) from the local store, without touching the network.
 
@@ -40,11 +40,14 @@ def load(model: str | None = None, *, ctx: int | None = None, threads: int | Non
         threads: CPU threads (default: physical cores).
         sha256: pin an ``hf:`` reference (or check a path) to these bytes.
         verbose: show llama.cpp's own log lines on stderr.
+        kv_type: the KV cache's element type: "f16", "q8_0" (about half its memory) or "q4_0"
+            (about a quarter); see the README's "KV cache types".
 
     Raises:
-        UnknownModelError, NotInstalledError, GGUFError, ModelLoadError, InsufficientMemoryError.
+        UnknownModelError, NotInstalledError, GGUFError, ModelLoadError, InsufficientMemoryError,
+        InvalidParameterError (an unknown ``kv_type``).
     """
-    return LocalModel(loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose),
+    return LocalModel(loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, kv_type=kv_type),
                       ref=model, threads=threads)
 
 
@@ -143,6 +146,7 @@ class LocalModel:
         self.path = loaded.path
         self.n_ctx: int = loaded.model.n_ctx
         self.threads: int = loaded.model.options.threads()
+        self.kv_type: str = loaded.model.options.kv_type
         self.load_seconds: float = loaded.model.load_seconds
         self.last: Completion | None = None  # the most recent finished generation
 
@@ -193,7 +197,8 @@ class LocalModel:
         self._model()
         if self._contexts is None:
             runtime.prefer_batch_invariant_kernels()  # effective if nothing was evaluated yet in this process
-            self._contexts = classify.open_contexts(self._ref, sha256=self.sha256, threads=self._threads)
+            self._contexts = classify.open_contexts(self._ref, sha256=self.sha256, threads=self._threads,
+                                                    kv_type=self.kv_type)
         return self._contexts
 
     def classifier(self, examples: Any = None, labels: Any = None, *, method: str = "auto",
@@ -260,7 +265,7 @@ class LocalModel:
         def embed(batch: list[str]) -> Any:
             if embed_model is None:
                 return embedding.embed_texts(self._classify_contexts()("embed"), batch).vectors
-            loaded = loader.load(embed_model, threads=self._threads, **job.load_options("embed"))
+            loaded = loader.load(embed_model, threads=self._threads, kv_type=self.kv_type, **job.load_options("embed"))
             try:
                 return embedding.embed_texts(loaded.model, batch).vectors
             finally:

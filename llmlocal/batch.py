@@ -48,7 +48,7 @@ LINE_SAMPLING = ("max_tokens", "temperature", "stop", "seed")  # what a line may
 _FSYNC_SECONDS = 2.0  # a crash loses at most this much finished work to the page cache
 # The job-level settings a resume must share with the run that wrote the output.
 _COMPARED = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n", "seed",
-             "max_tokens", "stop", "constraint", "system", "raw", "ctx")
+             "max_tokens", "stop", "constraint", "system", "raw", "ctx", "kv_type")
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -204,11 +204,12 @@ class JobSettings:
     system: str | None = None
     raw: bool = False
     ctx: int = 4096  # tokens per sequence
+    kv_type: str = gguf.DEFAULT_KV_TYPE  # the KV cache's element type: it changes the outputs a little
 
     def compared(self) -> dict[str, Any]:
         p = self.params.as_dict()
         return {**{k: p[k] for k in _COMPARED if k in p}, "system": self.system, "raw": self.raw,
-                "ctx": self.ctx}
+                "ctx": self.ctx, "kv_type": self.kv_type}
 
 
 def meta_path(output: str | os.PathLike[str]) -> Path:
@@ -596,7 +597,8 @@ def _decode_in_order(model: Model, token_lists: list[list[int]], params: Samplin
     longest = max(len(t) for t in token_lists) + params.max_tokens + 1
     per_seq = min(model.n_ctx, -(-longest // 256) * 256)
     options = runtime.LoadOptions(n_ctx=per_seq * parallel, n_threads=model.options.n_threads,
-                                  n_batch=model.options.n_batch, n_seq_max=parallel, kv_unified=False)
+                                  n_batch=model.options.n_batch, n_seq_max=parallel, kv_unified=False,
+                                  kv_type=model.options.kv_type)
     finished: dict[int, Completion] = {}
     next_out = 0
     with Model(model.path, options) as decoder:
@@ -672,11 +674,11 @@ class JobPlan:
 def plan_job(input: str, output: str, *, model: str | None = None, sha256: str | None = None,
              ctx: int | None = None, parallel: int = DEFAULT_PARALLEL, sampling: dict[str, Any] | None = None,
              system: str | None = None, raw: bool = False, force: bool = False, input_format: str = "auto",
-             local_file: bool = True) -> JobPlan:
+             local_file: bool = True, kv_type: str | None = None) -> JobPlan:
     """Check everything a batch job needs before the (slow) model load, so bad input fails fast.
 
     ``sampling`` holds the options the user gave (None values: not given, so a resumed job keeps
-    the seed and context of the run that wrote ``output``). Without ``local_file`` (a cluster
+    the seed and context of the run that wrote ``output``; so does ``kv_type`` None). Without ``local_file`` (a cluster
     job whose bytes are on the workers) the default context is the catalogue's, not sized to
     this machine's RAM from the file's header.
 
@@ -687,6 +689,8 @@ def plan_job(input: str, output: str, *, model: str | None = None, sha256: str |
     if str(output) == "-":
         raise UsageError("batch writes to a file it can resume from; give -o FILE")
     loader.check_context(ctx)
+    if kv_type is not None:
+        gguf.check_kv_type(kv_type)
     atomic.check_writable(output)
     atomic.check_not_an_input(output, [input])
     state = inspect_output(output)
@@ -701,13 +705,17 @@ def plan_job(input: str, output: str, *, model: str | None = None, sha256: str |
     spec = catalog.resolve(model or loader.default_model(), sha256=sha256)
     if ctx is None and resuming and isinstance(old.get("params", {}).get("ctx"), int):
         ctx = old["params"]["ctx"]
+    if kv_type is None and resuming and old.get("params", {}).get("kv_type") in gguf.KV_TYPES:
+        kv_type = old["params"]["kv_type"]
+    kv_type = kv_type or gguf.DEFAULT_KV_TYPE
     if ctx is None:
         if local_file:
-            ctx = loader.choose_context(spec, gguf.read_gguf(store.model_file(spec)), None, sequences=parallel)
+            ctx = loader.choose_context(spec, gguf.read_gguf(store.model_file(spec)), None, sequences=parallel,
+                                        kv_type=kv_type)
         else:
             ctx = spec.context if spec.source else 4096
     plan = JobPlan(input=str(input), output=str(output), items=items, state=state,
-                   settings=JobSettings(params=params, system=system, raw=raw, ctx=ctx), spec=spec,
+                   settings=JobSettings(params=params, system=system, raw=raw, ctx=ctx, kv_type=kv_type), spec=spec,
                    resuming=resuming, parallel=parallel, force=force)
     if resuming and not force:
         diffs = _differences(old, plan.settings, None)
@@ -720,7 +728,7 @@ def run_job(input: str, output: str, *, model: str | None = None, sha256: str | 
             ctx: int | None = None, threads: int | None = None, verbose: bool = False,
             parallel: int = DEFAULT_PARALLEL, sampling: dict[str, Any] | None = None,
             system: str | None = None, raw: bool = False, ordered: bool = True, force: bool = False,
-            progress: bool = True, input_format: str = "auto") -> BatchSummary:
+            progress: bool = True, input_format: str = "auto", kv_type: str | None = None) -> BatchSummary:
     """The ``llmlocal batch`` command: check, resume, load, run.
 
     Raises:
@@ -728,9 +736,9 @@ def run_job(input: str, output: str, *, model: str | None = None, sha256: str | 
         BatchInterrupted.
     """
     plan = plan_job(input, output, model=model, sha256=sha256, ctx=ctx, parallel=parallel, sampling=sampling,
-                    system=system, raw=raw, force=force, input_format=input_format)
+                    system=system, raw=raw, force=force, input_format=input_format, kv_type=kv_type)
     loaded = loader.load(model, sha256=sha256, ctx=plan.settings.ctx, sequences=parallel, threads=threads,
-                         verbose=verbose)
+                         verbose=verbose, kv_type=plan.settings.kv_type)
     try:
         digest = loaded.sha256 or atomic.sha256_file(loaded.path)
         plan.check_model(digest)

@@ -20,6 +20,8 @@ from .runtime import SamplingParams
 class BenchResult:
     model: str
     threads: int
+    threads_reason: str  # why that many: "as asked", or how the default was found (hardware.default_threads)
+    kv_type: str
     n_prompt: int
     n_gen: int
     reps: int
@@ -64,7 +66,9 @@ def run(loaded: Loaded, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 3)
     model.kv_clear()
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     return BenchResult(
-        model=loaded.name, threads=model.options.threads(), n_prompt=n_prompt, n_gen=n_gen, reps=reps,
+        model=loaded.name, threads=model.options.threads(),
+        threads_reason="as asked" if model.options.n_threads else hardware.default_threads().reason,
+        kv_type=model.options.kv_type, n_prompt=n_prompt, n_gen=n_gen, reps=reps,
         load_seconds=model.load_seconds, pp_tps=statistics.mean(pp), tg_tps=statistics.mean(tg),
         pp_sd=sd(pp), tg_sd=sd(tg), peak_rss_bytes=hardware.peak_rss(),
     )

@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import ClassifyFailedError, LlmlocalError, UsageError, VerificationFailedError, error_lines, option_style
+from .gguf import DEFAULT_KV_TYPE, KV_TYPES
 
 
 def _debug_enabled() -> bool:
@@ -249,14 +250,17 @@ def verify_cmd(models: tuple[str, ...], as_json: bool) -> None:
 @cli.command("info")
 @click.argument("model")
 @click.option("--ctx", type=int, help="Context size for the RAM estimate (default: the catalogue's).")
+@click.option("--kv-type", type=click.Choice(list(KV_TYPES)), default=DEFAULT_KV_TYPE, show_default=True,
+              help="KV cache type for the RAM estimate.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info_cmd(model: str, ctx: int | None, as_json: bool) -> None:
+def info_cmd(model: str, ctx: int | None, kv_type: str, as_json: bool) -> None:
     """Read a model's GGUF header without loading its weights.
 
     \b
     Examples:
       llmlocal info smollm2-135m
       llmlocal info ./my-model.Q4_K_M.gguf --json
+      llmlocal info gemma3-270m-base --ctx 32768 --kv-type q8_0
     """
     from . import gguf, store
     from .progress import human_bytes
@@ -265,7 +269,7 @@ def info_cmd(model: str, ctx: int | None, as_json: bool) -> None:
     path = store.model_file(spec)
     info = gguf.read_gguf(path)
     n_ctx = ctx if ctx is not None else min(spec.context if spec.source else 4096, info.context_length or 4096)
-    est = gguf.estimate_memory(info, n_ctx)
+    est = gguf.estimate_memory(info, n_ctx, kv_type=kv_type)
     data = {
         "name": spec.name, "path": str(path), "architecture": info.architecture,
         "parameters": info.parameter_count, "quantisation": info.quantisation,
@@ -273,7 +277,8 @@ def info_cmd(model: str, ctx: int | None, as_json: bool) -> None:
         "layers": info.block_count, "embedding_length": info.embedding_length,
         "heads": info.head_count, "kv_heads": info.head_count_kv, "vocab_size": info.vocab_size,
         "sliding_window": info.sliding_window, "file_bytes": info.file_size,
-        "memory": {"n_ctx": est.n_ctx, "weights_bytes": est.weights_bytes, "kv_cache_bytes": est.kv_cache_bytes,
+        "memory": {"n_ctx": est.n_ctx, "kv_type": est.kv_type, "weights_bytes": est.weights_bytes,
+                   "kv_cache_bytes": est.kv_cache_bytes,
                    "compute_bytes": est.compute_bytes, "total_bytes": est.total_bytes},
     }
     if as_json:
@@ -286,7 +291,8 @@ def info_cmd(model: str, ctx: int | None, as_json: bool) -> None:
         ("chat template", "embedded" if info.has_chat_template else "none"),
         ("layers / heads / kv heads", f"{info.block_count} / {info.head_count} / {info.head_count_kv}"),
         ("RAM estimate", f"{human_bytes(est.total_bytes)} at context {n_ctx} (weights {human_bytes(est.weights_bytes)}"
-                         f" + KV cache {human_bytes(est.kv_cache_bytes)} + compute {human_bytes(est.compute_bytes)})"),
+                         f" + {kv_type} KV cache {human_bytes(est.kv_cache_bytes)}"
+                         f" + compute {human_bytes(est.compute_bytes)})"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -335,21 +341,31 @@ def _group(cls: type, param: str, options: list):
     return decorate
 
 
+KV_TYPE_HELP = ("KV cache type: q8_0 about halves its memory, q4_0 quarters it, at a small cost in accuracy "
+                "[default: f16].")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """-m/--sha256/--ctx/--threads/--verbose: which model, and how to load it."""
+    """-m/--sha256/--ctx/--threads/--kv-type/--verbose: which model, and how to load it."""
 
     model: str | None
     sha256: str | None
     ctx: int | None
     threads: int | None
+    kv_type: str | None  # None: not given (f16, or what a resumed batch job used)
     verbose: bool
+
+    @property
+    def kv(self) -> str:
+        return self.kv_type or DEFAULT_KV_TYPE
 
     def load(self, **extra):
         from . import loader
 
         extra.setdefault("ctx", self.ctx)
-        return loader.load(self.model, sha256=self.sha256, threads=self.threads, verbose=self.verbose, **extra)
+        return loader.load(self.model, sha256=self.sha256, threads=self.threads, verbose=self.verbose,
+                           kv_type=self.kv, **extra)
 
 
 model_options = _group(ModelOptions, "model_opts", [
@@ -358,6 +374,7 @@ model_options = _group(ModelOptions, "model_opts", [
     click.option("--sha256", help="Pin an hf: reference to this SHA-256."),
     click.option("--ctx", type=int, help="Context size in tokens (default: the catalogue's, capped to RAM)."),
     click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores)."),
+    click.option("--kv-type", type=click.Choice(list(KV_TYPES)), help=KV_TYPE_HELP),
     click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines."),
 ])
 
@@ -557,7 +574,8 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
             **record, "usage": result.usage(),
             "timings": {"load_seconds": round(loaded.model.load_seconds, 4), **result.timings()},
             "params": {**result.params, "raw": raw, "system": system, "n_ctx": loaded.model.n_ctx,
-                       "threads": loaded.model.options.threads(), "truncated_tokens": dropped},
+                       "kv_type": loaded.model.options.kv_type, "threads": loaded.model.options.threads(),
+                       "truncated_tokens": dropped},
         })
     else:
         click.echo()
@@ -640,7 +658,8 @@ def bench_cmd(prompt_tokens: int, gen_tokens: int, reps: int, as_json: bool, mod
     if as_json:
         _json_out(asdict(result))
         return
-    click.echo(f"model      {result.model} ({result.threads} threads)")
+    click.echo(f"model      {result.model} ({result.threads} threads: {result.threads_reason}; "
+               f"{result.kv_type} KV cache)")
     click.echo(f"load       {result.load_seconds:.2f} s")
     click.echo(f"pp{prompt_tokens:<8} {result.pp_tps:8.1f} tok/s  (sd {result.pp_sd:.1f})")
     click.echo(f"tg{gen_tokens:<8} {result.tg_tps:8.1f} tok/s  (sd {result.tg_sd:.1f})")
@@ -713,7 +732,7 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
             threads = ray_opts.threads(m.threads)
             plan = batch.plan_job(input, output, model=m.model, sha256=m.sha256, ctx=m.ctx, parallel=parallel,
                                   sampling=sampling, system=system, raw=raw, force=force,
-                                  input_format=input_format, local_file=False)
+                                  input_format=input_format, local_file=False, kv_type=m.kv_type)
             summary = distributed.run_batch(plan, address=address, workers=ray_opts.workers, threads=threads,
                                             model_dir=ray_opts.model_dir, ordered=ordered, progress=not quiet)
         else:
@@ -721,7 +740,7 @@ def batch_cmd(input: str, output: str, system: str | None, raw: bool, parallel: 
             summary = batch.run_job(
                 input, output, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=m.threads, verbose=m.verbose,
                 parallel=parallel, sampling=sampling, system=system, raw=raw, ordered=ordered, force=force,
-                progress=not quiet, input_format=input_format)
+                progress=not quiet, input_format=input_format, kv_type=m.kv_type)
     except batch.BatchInterrupted as stop:
         s = stop.summary
         click.echo(f"Interrupted: {s.skipped + s.written} of {s.total} lines are saved in {s.output}.", err=True)
@@ -899,14 +918,14 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
         if on_ray:
             raise UsageError("--show-prompt runs locally; drop --ray")
         click.echo(classify.preview(job, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=m.threads,
-                                    verbose=m.verbose))
+                                    verbose=m.verbose, kv_type=m.kv))
         return
     from .progress import ItemProgress
 
     if ray_opts is not None and on_ray:
         outcome = classify.execute(job, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=ray_opts.threads(m.threads),
                                    ray_address=ray_opts.ray_address, workers=ray_opts.workers,
-                                   model_dir=ray_opts.model_dir)
+                                   model_dir=ray_opts.model_dir, kv_type=m.kv)
     else:
         if ray_opts is not None:
             ray_opts.check_local()
@@ -914,7 +933,7 @@ def _classify(input_path: str | None, *, evaluate: str | None, model_opts: Model
         try:
             outcome = classify.execute(job, model=m.model, sha256=m.sha256, ctx=m.ctx, threads=m.threads,
                                        verbose=m.verbose, progress=bar.callback() if bar.enabled else None,
-                                       compare=compare)
+                                       compare=compare, kv_type=m.kv)
         finally:
             bar.close()
     result, meta, model_name, model_sha256 = outcome.result, outcome.meta, outcome.model_name, outcome.model_sha256
@@ -1071,7 +1090,7 @@ def embed_cmd(input: str | None, output: str | None, no_normalize: bool, model_o
     vectors = done.vectors
     meta = classify.embed_manifest(items, done, model_name=loaded.name, model_sha256=loaded.sha256,
                                    input_path=input, normalized=not no_normalize,
-                                   pooling=loaded.model.options.pooling)
+                                   pooling=loaded.model.options.pooling, kv_type=loaded.model.options.kv_type)
     classify.write_embeddings(items, vectors, output=output, meta=meta)
     pieces = f"; {done.chunked} text(s) longer than a batch embedded in pieces, averaged" if done.chunked else ""
     click.echo(f"{len(items)} embedding(s) of {vectors.shape[1]} dimensions with {loaded.name}"
@@ -1145,7 +1164,8 @@ def cluster_cmd(input: str | None, k: str, max_k: int, output: str | None, outpu
         outcome = cluster.execute(items, k=cluster.parse_k(k), model=m.model, embed_model=embed_model,
                                   names=not no_names, seed=seed, max_k=max_k, sha256=m.sha256, ctx=m.ctx,
                                   threads=m.threads, verbose=m.verbose, name=name,
-                                  input_path=None if input in (None, "-") else input, progress=progress)
+                                  input_path=None if input in (None, "-") else input, progress=progress,
+                                  kv_type=m.kv)
     finally:
         for bar in bars.values():
             bar.close()
@@ -1359,6 +1379,7 @@ def ask_cmd(name: str, question: str, k: int, show_context: bool, as_json: bool,
 @click.option("--ctx", type=int, help="Context per request in tokens [default: 4096, or the model's own if "
               "less, fitted to RAM].")
 @click.option("--threads", "-t", type=int, help="CPU threads (default: physical cores).")
+@click.option("--kv-type", type=click.Choice(list(KV_TYPES)), default=DEFAULT_KV_TYPE, help=KV_TYPE_HELP)
 @click.option("--max-models", type=int, default=2, show_default=True,
               help="Models kept loaded; another evicts the least recently used idle one.")
 @click.option("--max-body-mb", type=float, default=8, show_default=True, help="Largest request body accepted.")
@@ -1367,7 +1388,7 @@ def ask_cmd(name: str, question: str, k: int, show_context: bool, as_json: bool,
 @click.option("--index", "indexes", multiple=True, metavar="NAME",
               help="Serve POST /v1/search over this document index (repeatable).")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None, parallel: int, ctx: int | None,
-              threads: int | None, max_models: int, max_body_mb: float, log_requests: bool, verbose: bool,
+              threads: int | None, kv_type: str, max_models: int, max_body_mb: float, log_requests: bool, verbose: bool,
               indexes: tuple[str, ...]) -> None:
     """Serve an OpenAI-compatible API: point any OpenAI client at http://127.0.0.1:8080/v1.
 
@@ -1393,7 +1414,8 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
                          f"got {max_body_mb}")
     loader.check_context(ctx)
     hardware.check_threads(threads)
-    options = PoolOptions(parallel=parallel, ctx=ctx, threads=threads, max_models=max_models, verbose=verbose)
+    options = PoolOptions(parallel=parallel, ctx=ctx, threads=threads, max_models=max_models, verbose=verbose,
+                          kv_type=kv_type)
     server.serve(list(models), host=host, port=port, api_key=api_key, options=options,
                  on_note=lambda text: click.echo(text, err=True),
                  max_body=int(max_body_mb * 1024 * 1024), debug=_debug_enabled(), log_requests=log_requests,

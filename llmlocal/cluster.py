@@ -506,11 +506,12 @@ def read_items(source: str | None, **columns: Any) -> list[Item]:
 def execute(items: Sequence[Item], *, k: int | str = "auto", model: str | None = None, embed_model: str | None = None,
             names: bool = True, seed: int = 0, max_k: int = AUTO_MAX_K, sha256: str | None = None,
             ctx: int | None = None, threads: int | None = None, verbose: bool = False, name: str = "the input",
-            input_path: str | None = None, progress: Progress | None = None) -> Outcome:
+            input_path: str | None = None, progress: Progress | None = None, kv_type: str = "f16") -> Outcome:
     """Load the embedding context (``embed_model``, else ``model``'s own pooled vectors), embed and
     group the items, free it, then load ``model`` to name the clusters (unless ``names`` is False).
 
-    ``sha256`` pins ``model``. Input, ``k`` and ``seed`` are checked before any model is loaded.
+    ``sha256`` pins ``model``; ``kv_type`` is both contexts' KV cache type. Input, ``k`` and
+    ``seed`` are checked before any model is loaded.
     """
     from . import loader
     from .classify import job as classify_job
@@ -525,10 +526,10 @@ def execute(items: Sequence[Item], *, k: int | str = "auto", model: str | None =
     def embed(batch: list[str]) -> np.ndarray:
         ref = embed_model if embed_model is not None else model
         loaded = loader.load(ref, sha256=None if embed_model is not None else sha256, ctx=ctx, threads=threads,
-                             verbose=verbose, **classify_job.load_options("embed"))
+                             verbose=verbose, kv_type=kv_type, **classify_job.load_options("embed"))
         try:
             used["embed"] = {"name": loaded.name, "sha256": loaded.sha256, "purpose": loaded.spec.purpose,
-                             "pooling": loaded.model.options.pooling}
+                             "pooling": loaded.model.options.pooling, "kv_type": kv_type}
             if loaded.spec.purpose != "embedding":
                 log.info("clustering the pooled embeddings of %s, a %s model; a dedicated embedding model "
                          "usually clusters better (--embed-model, e.g. bge-small: `llmlocal models` lists them)",
@@ -539,9 +540,9 @@ def execute(items: Sequence[Item], *, k: int | str = "auto", model: str | None =
             loaded.close()
 
     def generator() -> Generator:
-        loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose)
+        loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, kv_type=kv_type)
         open_models.append(loaded)
-        used["naming"] = {"name": loaded.name, "sha256": loaded.sha256}
+        used["naming"] = {"name": loaded.name, "sha256": loaded.sha256, "kv_type": kv_type}
         return Generator(loaded.model)
 
     started = time.perf_counter()

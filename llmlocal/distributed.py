@@ -160,7 +160,8 @@ class BatchWorker:
     def __init__(self, model: str, sha256: str | None, model_dir: str | None, settings: batch_mod.JobSettings,
                  parallel: int, threads: int) -> None:
         _verified(model, sha256, model_dir)
-        self.loaded = loader.load(model, sha256=sha256, ctx=settings.ctx, sequences=parallel, threads=threads)
+        self.loaded = loader.load(model, sha256=sha256, ctx=settings.ctx, sequences=parallel, threads=threads,
+                                  kv_type=settings.kv_type)
         self.settings, self.parallel = settings, parallel
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,9 +17,9 @@ from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from llmlocal.errors import GGUFError, UsageError
+from llmlocal.errors import GGUFError, InvalidParameterError, UsageError, option
 
-__all__ = ["GGUFInfo", "MemoryEstimate", "estimate_memory", "quant_name", "read_gguf"]
+__all__ = ["KV_TYPES", "GGUFInfo", "MemoryEstimate", "check_kv_type", "estimate_memory", "quant_name", "read_gguf"]
 
 _CHUNK = 1 << 20
 _DEFAULT_ALIGNMENT = 32
@@ -38,6 +38,11 @@ _ROPE_SCALING = ("none", "linear", "yarn", "longrope")  # llama-model.cpp LLAMA_
 # its width from another key; the speculative draft models borrow their target's vocabulary.
 _OWN_EMBEDDING_SHAPE = ("wavtokenizer-dec", "eagle3", "dflash")
 _INT64_MAX = (1 << 63) - 1
+# The KV cache types llmlocal offers, with ggml's bytes per element: q8_0 stores 32 values as
+# 32 int8 + one f16 scale (34 bytes), q4_0 as 16 bytes of nibbles + the scale (18 bytes). The
+# names are ggml's own (runtime.py maps them to GGML_TYPE_*), so each is said once, here.
+KV_TYPES: dict[str, float] = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+DEFAULT_KV_TYPE = "f16"  # llama.cpp's default
 # No tensor of a real model comes near a pebibyte; a size past it is a corrupt shape, not a
 # file that was cut short.
 _ABSURD_TENSOR = 1 << 50
@@ -552,6 +557,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def check_kv_type(kv_type: str) -> str:
+    """``kv_type`` if it is one of :data:`KV_TYPES`, else an InvalidParameterError naming the option."""
+    if kv_type not in KV_TYPES:
+        raise InvalidParameterError(f"{option('kv_type')} must be one of {', '.join(KV_TYPES)}, got {kv_type!r}",
+                                    field="kv_type", hint="q8_0 halves the KV cache, q4_0 quarters it")
+    return kv_type
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes of RAM a model needs at ``n_ctx`` tokens of context, by what uses them."""
@@ -561,15 +574,15 @@ class MemoryEstimate:
     kv_cache_bytes: int
     compute_bytes: int
     total_bytes: int
+    kv_type: str = DEFAULT_KV_TYPE
 
 
-def estimate_memory(info: GGUFInfo, n_ctx: int, *, kv_bytes_per_elem: int = 2) -> MemoryEstimate:
-    """A deliberately generous estimate of the RAM llama.cpp uses for ``info`` at ``n_ctx``.
-
-    ``kv_bytes_per_elem`` is 2 for llama.cpp's default F16 KV cache (1 for q8_0).
-    """
+def estimate_memory(info: GGUFInfo, n_ctx: int, *, kv_type: str = DEFAULT_KV_TYPE) -> MemoryEstimate:
+    """A deliberately generous estimate of the RAM llama.cpp uses for ``info`` at ``n_ctx``,
+    with its K and V caches stored as ``kv_type`` (one of :data:`KV_TYPES`)."""
     if n_ctx <= 0:
         raise UsageError(f"context size must be positive, got {n_ctx}")
+    per_elem = KV_TYPES[check_kv_type(kv_type)]
     layers, kv_heads, k_len, v_len = (info.block_count, info.head_count_kv, info.key_length,
                                       info.value_length)
     if not (layers and kv_heads and k_len and v_len):
@@ -582,10 +595,10 @@ def estimate_memory(info: GGUFInfo, n_ctx: int, *, kv_bytes_per_elem: int = 2) -
     # One K and one V row per layer per context cell. On sliding-window layers (gemma3)
     # llama.cpp may keep only window + batch cells, but llama-cpp-python asks for the full-size
     # SWA cache, so this is what it allocates; for any other setting it is an upper bound.
-    kv = layers * n_ctx * kv_heads * (k_len + v_len) * kv_bytes_per_elem
+    kv = int(layers * n_ctx * kv_heads * (k_len + v_len) * per_elem)
     compute = _compute_allowance(info, n_ctx)
     return MemoryEstimate(n_ctx=n_ctx, weights_bytes=weights, kv_cache_bytes=kv,
-                          compute_bytes=compute, total_bytes=weights + kv + compute)
+                          compute_bytes=compute, total_bytes=weights + kv + compute, kv_type=kv_type)
 
 
 def _compute_allowance(info: GGUFInfo, n_ctx: int) -> int:

@@ -67,7 +67,7 @@ def check_context(ctx: int | None) -> None:
 
 
 def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, *, sequences: int = 1,
-                   cap: int | None = None) -> int:
+                   cap: int | None = None, kv_type: str = gguf.DEFAULT_KV_TYPE) -> int:
     """The context of each sequence: ``requested``, or the default capped by ``cap``, training
     length and RAM (halved until all ``sequences`` fit in available RAM together)."""
     check_context(requested)
@@ -79,7 +79,7 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, 
     if avail is None:
         return ctx
     wanted = ctx
-    while ctx > _SHRINK_FLOOR and gguf.estimate_memory(info, ctx * sequences).total_bytes > avail:
+    while ctx > _SHRINK_FLOOR and gguf.estimate_memory(info, ctx * sequences, kv_type=kv_type).total_bytes > avail:
         ctx //= 2
     if ctx != wanted:
         what = f"tokens per sequence so {sequences} sequences fit" if sequences > 1 else "tokens to fit"
@@ -91,27 +91,29 @@ def choose_context(spec: ModelSpec, info: gguf.GGUFInfo, requested: int | None, 
 def load(ref: str | None = None, *, sha256: str | None = None, ctx: int | None = None, sequences: int = 1,
          ctx_cap: int | None = None, threads: int | None = None, n_seq_max: int = 1, n_batch: int = 512,
          embeddings: bool = False, verbose: bool = False, kv_unified: bool | None = None,
-         extra_buffers: bool | None = None, pooling: str = "mean") -> Loaded:
+         extra_buffers: bool | None = None, pooling: str = "mean", kv_type: str = gguf.DEFAULT_KV_TYPE) -> Loaded:
     """Resolve ``ref`` (default: :func:`default_model`), find its verified bytes, load it.
 
     ``sequences`` > 1 is a context for parallel decoding: each of that many sequences gets ``ctx``
     tokens (default: see :func:`choose_context`, at most ``ctx_cap``) in a stream of its own;
     ``Loaded.n_ctx_seq`` says how many it got. ``n_seq_max`` is for contexts whose sequences
-    share one pool of cells instead (classification's label branches).
+    share one pool of cells instead (classification's label branches). ``kv_type`` is the KV
+    cache's element type (``gguf.KV_TYPES``): q8_0 and q4_0 fit more context in the same RAM.
     """
     hardware.check_threads(threads)
     check_context(ctx)
+    gguf.check_kv_type(kv_type)
     spec = catalog.resolve(ref or default_model(), sha256=sha256)
     path = store.model_file(spec)
     info = gguf.read_gguf(path)
     runtime.set_verbose(verbose)
-    per_seq = choose_context(spec, info, ctx, sequences=sequences, cap=ctx_cap)
+    per_seq = choose_context(spec, info, ctx, sequences=sequences, cap=ctx_cap, kv_type=kv_type)
     n_ctx = per_seq * sequences
     if sequences > 1 and kv_unified is None:
         kv_unified = False  # a stream per sequence: each attends over its own cells only
     options = runtime.LoadOptions(n_ctx=n_ctx, n_threads=threads, n_seq_max=max(n_seq_max, sequences),
                                   n_batch=min(n_batch, n_ctx), embeddings=embeddings, kv_unified=kv_unified,
-                                  extra_buffers=extra_buffers, pooling=pooling)
+                                  extra_buffers=extra_buffers, pooling=pooling, kv_type=kv_type)
     model = runtime.Model(path, options)
     if model.n_ctx != n_ctx:  # otherwise an overflow error would name a size nobody asked for
         log.info("context rounded up from %d to %d tokens (llama.cpp allocates it in steps of 256)",

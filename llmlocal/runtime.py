@@ -173,6 +173,9 @@ class LoadOptions:
     # off on AMX CPUs (see _amx_enabled). False for batch-invariant results: a repacked K-quant
     # matmul rounds a token's row differently depending on its batch-mates.
     extra_buffers: bool | None = None
+    # The K and V cache's element type, one of gguf.KV_TYPES: "f16" (llama.cpp's default),
+    # "q8_0" (about half the memory) or "q4_0" (about a quarter).
+    kv_type: str = gguf.DEFAULT_KV_TYPE
 
     def threads(self) -> int:
         return self.n_threads or hardware.physical_cores()
@@ -183,19 +186,33 @@ class LoadOptions:
 _POOLING = {"model": -1, "none": 0, "mean": 1, "cls": 2, "last": 3}
 
 
-def check_fits(info: gguf.GGUFInfo, n_ctx: int) -> gguf.MemoryEstimate:
+def check_fits(info: gguf.GGUFInfo, n_ctx: int, *, kv_type: str = gguf.DEFAULT_KV_TYPE) -> gguf.MemoryEstimate:
     """Refuse, before loading, a model + KV cache that cannot fit in available RAM."""
-    est = gguf.estimate_memory(info, n_ctx)
+    est = gguf.estimate_memory(info, n_ctx, kv_type=kv_type)
     avail = hardware.available_memory()
     if avail is not None and est.total_bytes > avail:
         gib = 1024**3
         raise InsufficientMemoryError(
             f"{info.path.name} needs about {est.total_bytes / gib:.1f} GiB at context {n_ctx} "
-            f"(weights {est.weights_bytes / gib:.1f} GiB + KV cache {est.kv_cache_bytes / gib:.1f} GiB), "
+            f"(weights {est.weights_bytes / gib:.1f} GiB + {kv_type} KV cache {est.kv_cache_bytes / gib:.1f} GiB), "
             f"but only {avail / gib:.1f} GiB is available",
-            hint=f"use a smaller {option('ctx')} or a smaller model",
+            hint=f"use a smaller {option('ctx')}, a smaller model" + (
+                f" or {option('kv_type')} q8_0" if kv_type == gguf.DEFAULT_KV_TYPE else ""),
         )
     return est
+
+
+def _set_kv_type(lib, cparams, kv_type: str) -> None:
+    """Store K and V as ``kv_type`` (a gguf.KV_TYPES name, which is also ggml's type name).
+
+    llama.cpp refuses a quantised V cache without flash attention (without it, V is stored
+    transposed, each cell's values scattered one per row, which blocks of 32 cannot hold), so it
+    is switched on outright for one; left on auto, it could resolve to off and the context would not be created.
+    """
+    ggml_type = getattr(lib, f"GGML_TYPE_{kv_type.upper()}")
+    cparams.type_k = cparams.type_v = ggml_type
+    if kv_type != gguf.DEFAULT_KV_TYPE:
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
 
 
 class Model:
@@ -204,9 +221,10 @@ class Model:
     def __init__(self, path: str | os.PathLike[str], options: LoadOptions | None = None) -> None:
         self.path = Path(path)
         self.options = options = options or LoadOptions()
+        gguf.check_kv_type(options.kv_type)
         self.info = gguf.read_gguf(self.path)  # a truncated or foreign file fails here, cleanly
         if options.check_memory:
-            check_fits(self.info, options.n_ctx)
+            check_fits(self.info, options.n_ctx, kv_type=options.kv_type)
         lib = self._lib = _llama()
         started = time.perf_counter()
         self._model = self._ctx = self._batch = None
@@ -236,7 +254,15 @@ class Model:
         # One KV pool for all sequences, so a shared prompt prefix can be copied between them.
         cparams.kv_unified = options.n_seq_max > 1 if options.kv_unified is None else options.kv_unified
         cparams.no_perf = True
+        _set_kv_type(lib, cparams, options.kv_type)
         self._ctx = lib.llama_init_from_model(self._model, cparams)
+        if not self._ctx and options.kv_type != gguf.DEFAULT_KV_TYPE:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a context with a {options.kv_type} KV cache for {self.path.name} "
+                f"({self.info.architecture}): " + (_recent_errors[-1] if _recent_errors else "unknown error"),
+                hint=f"leave out {option('kv_type')} (f16), or try {option('kv_type')} q8_0",
+            )
         if not self._ctx:
             self.close()
             raise ModelLoadError(

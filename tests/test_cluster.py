@@ -186,8 +186,8 @@ def test_three_clusters_csv_rows_and_manifest(installed, tmp_path) -> None:
 
     meta = json.loads((tmp_path / "clusters.csv.meta.json").read_text())
     assert meta["embedding_model"] == {"name": "smollm2-135m", "sha256": SMOLLM2_SHA256, "purpose": "chat",
-                                       "pooling": "mean"}
-    assert meta["naming_model"] == {"name": "smollm2-135m", "sha256": SMOLLM2_SHA256}
+                                       "pooling": "mean", "kv_type": "f16"}
+    assert meta["naming_model"] == {"name": "smollm2-135m", "sha256": SMOLLM2_SHA256, "kv_type": "f16"}
     assert meta["k"] == 3 and meta["k_requested"] == 3 and meta["seed"] == 0
     assert list(meta["silhouette_by_k"]) == ["3"] and meta["silhouette"] > 0
     assert meta["llmlocal_version"] == llmlocal.__version__ and meta["llama_cpp_python_version"]

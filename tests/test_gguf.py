@@ -72,7 +72,12 @@ def test_memory_estimate_matches_llama_cpp_kv_cache(smollm2: Path, gemma: Path) 
     # Its compute buffer log says 99.38 MiB; the allowance may be generous, not short.
     assert 99.4 * 2**20 < small.compute_bytes < 1.1 * 99.4 * 2**20
     assert estimate_memory(read_gguf(gemma), 4096).kv_cache_bytes == 72 * 2**20
-    assert estimate_memory(read_gguf(smollm2), 4096, kv_bytes_per_elem=1).kv_cache_bytes == 45 * 2**20
+    # Quantised caches: 34 and 18 bytes per block of 32 values (checked against llama.cpp in
+    # test_kv_types.py).
+    assert estimate_memory(read_gguf(smollm2), 4096, kv_type="q8_0").kv_cache_bytes == 90 * 2**20 * 17 // 32
+    assert estimate_memory(read_gguf(smollm2), 4096, kv_type="q4_0").kv_cache_bytes == 90 * 2**20 * 9 // 32
+    with pytest.raises(UsageError, match="'kv_type' must be one of f16, q8_0, q4_0, got 'q5_1'"):
+        estimate_memory(read_gguf(smollm2), 4096, kv_type="q5_1")
     with pytest.raises(UsageError):
         estimate_memory(read_gguf(smollm2), 0)
 

@@ -586,7 +586,8 @@ class Outcome:
 
 def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ctx: int | None = None,
             threads: int | None = None, verbose: bool = False, ray_address: str | None = None, workers: int = 2,
-            model_dir: str | None = None, progress: Progress | None = None, compare: bool = False) -> Outcome:
+            model_dir: str | None = None, progress: Progress | None = None, compare: bool = False,
+            kv_type: str = "f16") -> Outcome:
     """Run a prepared job here, or with ``ray_address`` on a Ray cluster (as batch.run_job does batch).
 
     ``compare``: evaluate every method on the same split too (the result is auto's).
@@ -604,6 +605,8 @@ def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ct
 
         if ctx is not None:
             raise UsageError(f"{option('ctx')} is not used with Ray (each worker sizes its context)")
+        if kv_type != "f16":
+            raise UsageError(f"{option('kv_type')} is not used with Ray yet (workers keep an f16 KV cache)")
         if compare:
             raise UsageError(f"{option('compare')} runs on one machine; drop {option('ray')}")
         started = time.perf_counter()
@@ -614,7 +617,7 @@ def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ct
         seconds = time.perf_counter() - started
     else:
         runtime.prefer_batch_invariant_kernels()  # an item's probabilities must not depend on its batch-mates
-        contexts = open_contexts(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose)
+        contexts = open_contexts(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, kv_type=kv_type)
         try:
             # The context the method needs first is loaded before the clock starts, as before auto.
             contexts("embed" if job.settings.method == "embed" else "prompt")
@@ -630,19 +633,20 @@ def execute(job: Job, *, model: str | None = None, sha256: str | None = None, ct
             name, digest = first.name, first.sha256
         finally:
             contexts.close()
-    meta = manifest(job, result, model_name=name, model_sha256=digest)
+    meta = manifest(job, result, model_name=name, model_sha256=digest, kv_type=kv_type)
     if compared is not None:
         meta["compare"] = compared
     return Outcome(result, name, digest, seconds, meta, compared)
 
 
 def preview(job: Job, *, model: str | None = None, sha256: str | None = None, ctx: int | None = None,
-            threads: int | None = None, verbose: bool = False) -> str:
+            threads: int | None = None, verbose: bool = False, kv_type: str = "f16") -> str:
     """The exact prompt the first item would be scored with (``--show-prompt``)."""
     from .. import loader, runtime
 
     runtime.prefer_batch_invariant_kernels()
-    loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, **load_options("prompt"))
+    loaded = loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose, kv_type=kv_type,
+                         **load_options("prompt"))
     try:
         return show_prompt(loaded.model, job)
     finally:
@@ -650,12 +654,12 @@ def preview(job: Job, *, model: str | None = None, sha256: str | None = None, ct
 
 
 def open_contexts(model: str | None, *, sha256: str | None = None, ctx: int | None = None,
-                  threads: int | None = None, verbose: bool = False) -> Contexts:
+                  threads: int | None = None, verbose: bool = False, kv_type: str = "f16") -> Contexts:
     """The job's contexts of one model, loaded by ``loader.load`` when first asked for."""
     from .. import loader
 
     return Contexts(lambda kind: loader.load(model, sha256=sha256, ctx=ctx, threads=threads, verbose=verbose,
-                                             **load_options(kind)),
+                                             kv_type=kv_type, **load_options(kind)),
                     model_of=lambda loaded: loaded.model, close=lambda loaded: loaded.close())
 
 
@@ -728,7 +732,8 @@ def sha256_text_source(path: str | Path | None) -> str | None:
     return sha256_file(path)
 
 
-def manifest(job: Job, result: ClassifyResult, *, model_name: str, model_sha256: str | None) -> dict:
+def manifest(job: Job, result: ClassifyResult, *, model_name: str, model_sha256: str | None,
+             kv_type: str = "f16") -> dict:
     """Provenance of a run: enough to reproduce it and to know what produced each number."""
     from .. import __version__
     from ..runtime import llama_cpp_version
@@ -753,6 +758,7 @@ def manifest(job: Job, result: ClassifyResult, *, model_name: str, model_sha256:
         "k_fold": job.k_fold,
         "holdout": job.holdout,
         "truncate": settings.truncate,
+        "kv_type": kv_type,
         "classifiers": result.classifiers,
         "rows": result.counts(),
     }
@@ -850,7 +856,7 @@ def write_predictions(fh: IO[str], result: ClassifyResult, fmt: str, *, header: 
 
 
 def embed_manifest(items: Sequence[Item], embedded: Embeddings, *, model_name: str, model_sha256: str | None,
-                   input_path: str | None, normalized: bool, pooling: str) -> dict:
+                   input_path: str | None, normalized: bool, pooling: str, kv_type: str = "f16") -> dict:
     """Provenance of ``llmlocal embed``: the model (vectors of two models are not comparable) and
     the item ids, which a ``.npy`` matrix cannot hold (row i is ``ids[i]``)."""
     from .. import __version__
@@ -860,7 +866,7 @@ def embed_manifest(items: Sequence[Item], embedded: Embeddings, *, model_name: s
     return {"llmlocal_version": __version__, "llama_cpp_python_version": llama_cpp_version(),
             "model": {"name": model_name, "sha256": model_sha256},
             "input": {"path": path, "sha256": sha256_text_source(path), "items": len(items)},
-            "pooling": pooling, "normalised": normalized,
+            "pooling": pooling, "normalised": normalized, "kv_type": kv_type,
             "dimensions": int(embedded.vectors.shape[1]) if embedded.vectors.ndim == 2 else 0,
             # Texts longer than one batch: embedded in pieces, their vectors averaged by length.
             "chunked": [i.id for i, c in zip(items, embedded.chunks) if c > 1],

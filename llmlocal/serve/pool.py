@@ -46,6 +46,7 @@ class PoolOptions:
     threads: int | None = None
     max_models: int = 2
     verbose: bool = False
+    kv_type: str = "f16"  # every context's KV cache type (gguf.KV_TYPES)
 
 
 class Resident:
@@ -56,7 +57,7 @@ class Resident:
     def __init__(self, ref: str, spec: ModelSpec, options: PoolOptions) -> None:
         self.ref, self.spec, self.options = ref, spec, options
         self.loaded = loader.load(ref, ctx=options.ctx, sequences=options.parallel, ctx_cap=DEFAULT_CTX,
-                                  threads=options.threads, verbose=options.verbose)
+                                  threads=options.threads, verbose=options.verbose, kv_type=options.kv_type)
         self.name = self.loaded.name
         self.model = self.loaded.model
         try:
@@ -78,8 +79,8 @@ class Resident:
     def _aux_model(self, kind: str):
         # Caller holds _aux_lock.
         if kind not in self._aux:
-            self._aux[kind] = loader.load(self.ref, threads=self.options.threads,
-                                            verbose=self.options.verbose, **classify.load_options(kind))
+            self._aux[kind] = loader.load(self.ref, threads=self.options.threads, verbose=self.options.verbose,
+                                          kv_type=self.options.kv_type, **classify.load_options(kind))
         return self._aux[kind].model
 
     def tokens_in(self, texts: list[str]) -> int:
