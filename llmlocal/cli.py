@@ -1386,20 +1386,26 @@ def ask_cmd(name: str, question: str, k: int, show_context: bool, as_json: bool,
 @click.option("--log-requests", is_flag=True, help="Print a line per request.")
 @click.option("--verbose", is_flag=True, help="Show llama.cpp's own log lines.")
 @click.option("--index", "indexes", multiple=True, metavar="NAME",
-              help="Serve POST /v1/search over this document index (repeatable).")
+              help="Serve POST /v1/search over this document index (repeatable); the chat page can answer from it.")
+@click.option("--no-ui", is_flag=True, help="Do not serve the web page (/ and /classify): the API only.")
+@click.option("--open", "open_page", is_flag=True, help="Open the web page in your browser once listening.")
+@click.option("--cors", "cors", multiple=True, metavar="ORIGIN",
+              help="Let pages from ORIGIN (like http://localhost:3000) call the API (repeatable); none by default.")
 def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None, parallel: int, ctx: int | None,
               threads: int | None, kv_type: str, max_models: int, max_body_mb: float, log_requests: bool, verbose: bool,
-              indexes: tuple[str, ...]) -> None:
-    """Serve an OpenAI-compatible API: point any OpenAI client at http://127.0.0.1:8080/v1.
+              indexes: tuple[str, ...], no_ui: bool, open_page: bool, cors: tuple[str, ...]) -> None:
+    """Serve an OpenAI-compatible API at http://127.0.0.1:8080/v1, and a web page at / to chat and classify.
 
     \b
     Endpoints: GET /v1/models, POST /v1/chat/completions, /v1/completions,
     /v1/embeddings, /v1/classify (labels with probabilities), /v1/search (with
-    --index NAME: ranked chunks of a document index), GET /health.
+    --index NAME: ranked chunks of a document index), GET /v1/indexes,
+    POST /v1/chat/tokens (a prompt's size), GET /health.
+    Pages: / (chat) and /classify, unless --no-ui.
 
     \b
     Examples:
-      llmlocal serve
+      llmlocal serve --open
       llmlocal serve -m smollm2-135m -m gemma3-270m-base --parallel 8
       LLMLOCAL_API_KEY=secret llmlocal serve --host 0.0.0.0
     """
@@ -1409,6 +1415,9 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
 
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port} is not a port number (0-65535)")
+    if no_ui and open_page:
+        raise UsageError("--open opens the web page, which --no-ui turns off")
+    origins = [server.check_origin(origin) for origin in cors]
     if not 0 < max_body_mb <= server.MAX_BODY_MB:  # also false for NaN
         raise UsageError(f"--max-body-mb must be a number of megabytes above 0 and at most {server.MAX_BODY_MB}; "
                          f"got {max_body_mb}")
@@ -1419,7 +1428,7 @@ def serve_cmd(models: tuple[str, ...], host: str, port: int, api_key: str | None
     server.serve(list(models), host=host, port=port, api_key=api_key, options=options,
                  on_note=lambda text: click.echo(text, err=True),
                  max_body=int(max_body_mb * 1024 * 1024), debug=_debug_enabled(), log_requests=log_requests,
-                 indexes=list(indexes))
+                 indexes=list(indexes), ui=not no_ui, cors=origins, open_page=open_page)
 
 
 def main() -> None:

@@ -50,9 +50,28 @@ class BrowserPage:
     # "net::ERR_BLOCKED_BY_CLIENT.Inspector" (refused through the DevTools protocol) when this fixture did.
     failed: dict[str, str] = field(default_factory=dict)
 
+    # Origins (``http://127.0.0.1:PORT``) a page may reach: the llmlocal server under test, which
+    # serves the page. Every other origin stays refused.
+    allowed_origins: set[str] = field(default_factory=set)
+
+    def allow_origin(self, base: str) -> None:
+        """Let the pages reach ``base`` (scheme://host:port of a server on this machine), and nothing else."""
+        self.allowed_origins.add(base.rstrip("/"))
+
+    def is_local(self, url: str) -> bool:
+        return url.startswith(LOCAL_SCHEMES) or _origin(url) in self.allowed_origins
+
     def network_requests(self) -> list[str]:
-        """The requested URLs that are not local (http, https, ws, ...): a self-contained page has none."""
-        return [url for url in self.requests if not url.startswith(LOCAL_SCHEMES)]
+        """The requested URLs that are not local (http, https, ws, ...) and not to an allowed
+        origin: a self-contained page has none."""
+        return [url for url in self.requests if not self.is_local(url)]
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +104,8 @@ def _chromium() -> Iterator[Any]:
 @pytest.fixture
 def browser_page(_chromium) -> Iterator[BrowserPage]:
     """A page in a fresh context (no shared cache or storage) whose requests are all recorded."""
-    context = _chromium.new_context(viewport={"width": 1200, "height": 900}, service_workers="block")
+    context = _chromium.new_context(viewport={"width": 1200, "height": 900}, service_workers="block",
+                                    accept_downloads=True)
     recorded = BrowserPage(page=None)
     # On the context, not the page: it also sees popups and frames the page opens.
     context.on("request", lambda request: recorded.requests.append(request.url))
@@ -96,7 +116,7 @@ def browser_page(_chromium) -> Iterator[BrowserPage]:
 
     # Recorded first (the request event fires before routing), then refused: a page that tries
     # the network fails its test instead of reaching whatever answers.
-    context.route(lambda url: not url.startswith(LOCAL_SCHEMES), refuse)
+    context.route(lambda url: not recorded.is_local(url), refuse)
     recorded.page = context.new_page()
     try:
         yield recorded

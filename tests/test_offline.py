@@ -211,6 +211,44 @@ def test_serve_makes_no_connection(installed, tripwire) -> None:
 
 
 @pytest.mark.slow
+def test_web_page_makes_no_connection(installed, tripwire) -> None:
+    """The web page's files and the calls it makes (models, indexes, a prompt's size, a streamed
+    chat reply, classify): served without the server connecting anywhere."""
+    import json
+    import urllib.request
+
+    from llmlocal.serve.app import web_dir
+
+    proc = subprocess.Popen([sys.executable, "-m", "llmlocal", "serve", "--port", "0", "-m", "smollm2-135m",
+                             "--ctx", "512"], env=tripwire.env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert " serving on " in line, line + proc.stderr.read()
+        root = line.split(" serving on ")[1].split()[0].removesuffix("/v1")
+        pages = ["/", "/classify"] + [f"/web/{p.name}" for p in sorted(web_dir().iterdir())]
+        for path in pages + ["/v1/models", "/v1/indexes", "/health"]:
+            with urllib.request.urlopen(root + path) as reply:
+                assert reply.status == 200 and reply.read(), path
+        chat = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                "temperature": 0, "seed": 1}
+        for path, body in [("/v1/chat/tokens", chat),
+                           ("/v1/chat/completions", {**chat, "stream": True,
+                                                     "stream_options": {"include_usage": True}}),
+                           ("/v1/classify", {"input": ["Free cash now"], "labels": ["spam", "ham"], "method": "prompt",
+                                             "gold": ["spam"]})]:
+            req = urllib.request.Request(root + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req) as reply:
+                assert reply.status == 200 and reply.read(), path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    assert tripwire.armed_count() >= 1
+    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
+
+
+@pytest.mark.slow
 def test_documents_make_no_connection(installed, tripwire, tmp_path) -> None:
     """index (with a PDF), search, ask, chat --index and serve --index's /v1/search: all local."""
     import json

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import inspect
 import ipaddress
 import json
 import logging
@@ -23,17 +24,20 @@ import socket
 import threading
 import time
 import traceback
+import webbrowser
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, classify, generate, loader, store
 from ..engine import Failed, Finished, TokenText
@@ -69,6 +73,8 @@ class ServerSettings:
     max_body: int = DEFAULT_MAX_BODY
     default_model: str | None = None  # for requests that name none
     debug: bool = False
+    ui: bool = True  # the web page at / and /classify (serve --no-ui: off)
+    cors: tuple[str, ...] = ()  # origins other sites' pages may call the API from (serve --cors)
 
 
 # ---------------------------------------------------------------- errors
@@ -250,6 +256,18 @@ class SearchIndex:
             vector = None if mode == "keyword" else question_vector(self.embedder, query)
             return self.index.search(query, vector, k=k, mode=mode)
 
+    def retrieve(self, text: str) -> tuple[str, list]:
+        """The user turn ``chat --index`` would send for ``text``, and its sources."""
+        from ..documents.job import Retriever
+
+        # chat --index's own retrieval (its k, budget and prompt: their one home), on this index's
+        # connection and embedding model rather than a second copy of both.
+        retriever = object.__new__(Retriever)
+        retriever.name, retriever.index, retriever.embedder = self.name, self.index, self.embedder
+        retriever.k = inspect.signature(Retriever).parameters["k"].default
+        with self.lock:
+            return retriever(text)
+
     def close(self) -> None:
         with self.lock:
             self.embedder.close()
@@ -309,7 +327,9 @@ class Api:
         loaded = [{"model": r.name, "active": r.worker.outstanding, "parallel": r.worker.engine.n_parallel,
                    "context_per_request": r.n_ctx_seq, "peak_parallel": r.worker.engine.stats.peak_active,
                    "cancelled": r.worker.cancelled} for r in self.pool.loaded()]
-        return JSONResponse({"status": "ok", "version": __version__, "models": loaded})
+        # default_model: what a request naming none gets (the web page preselects it).
+        return JSONResponse({"status": "ok", "version": __version__, "models": loaded,
+                             "default_model": self._model_name(None)})
 
     async def models(self, request: Request, _body: Any) -> Response:
         return JSONResponse(oai.models_response(await anyio.to_thread.run_sync(self._installed)))
@@ -336,12 +356,42 @@ class Api:
         return sorted(seen.items())
 
     async def chat_completions(self, request: Request, body: Any) -> Response:
-        return await self._generate(request, oai.parse_chat(body))
+        req, extension = await self._chat_request(body)
+        return await self._generate(request, req, extension)
+
+    async def _chat_request(self, body: Any) -> tuple[oai.GenerationRequest, dict | None]:
+        """A chat request, with llmlocal's extension applied: with ``"llmlocal": {"index": NAME}``
+        the last user message goes to the model with the sources retrieved for it."""
+        ext = oai.parse_chat_extension(body, list(self.indexes))
+        req = oai.parse_chat(body)  # a request that is wrong anyway is refused before retrieving
+        if ext is None or ext.index is None:
+            return req, None
+        served = self.indexes[ext.index]
+        content, sources = await anyio.to_thread.run_sync(served.retrieve, oai.last_user_text(body))
+        return oai.with_last_user_content(req, content), oai.extension_field(ext.index, sources)
+
+    async def chat_tokens(self, request: Request, body: Any) -> Response:
+        """How many tokens a chat request's prompt takes, and the context each request has, so a
+        client can leave old turns out before the server would refuse the request."""
+        req, _ = await self._chat_request(body)
+        resident = await self._acquire(req.model)
+        try:
+            # No limit here: the count is wanted most when it is over the context.
+            tokens = await anyio.to_thread.run_sync(functools.partial(self._prompt_tokens, resident, req, n_ctx=2**62))
+            return JSONResponse(oai.tokens_response(resident.name, len(tokens), resident.n_ctx_seq))
+        finally:
+            self.pool.release(resident)
+
+    async def list_indexes(self, request: Request, _body: Any) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": name, "object": "index", "embedding_model": served.embedder.model_name}
+            for name, served in self.indexes.items()]})
 
     async def completions(self, request: Request, body: Any) -> Response:
         return await self._generate(request, oai.parse_completion(body))
 
-    async def _generate(self, request: Request, req: oai.GenerationRequest) -> Response:
+    async def _generate(self, request: Request, req: oai.GenerationRequest,
+                        extension: dict | None = None) -> Response:
         resident = await self._acquire(req.model)
         try:
             tokens = await anyio.to_thread.run_sync(self._prompt_tokens, resident, req)
@@ -359,16 +409,18 @@ class Api:
         for ticket in tickets:
             resident.worker.submit(ticket)
         if req.stream:
-            return _EventStream(self._stream(tickets, events, head, writers, req.include_usage),
+            return _EventStream(self._stream(tickets, events, head, writers, req.include_usage, extension),
                                 on_close=lambda: self._end(resident, tickets))  # type: ignore[return-value]
         try:
             completions = await self._wait(request, tickets, events)
         finally:
             self._end(resident, tickets)
-        return JSONResponse(head.response([w.whole(c) for w, c in zip(writers, completions)],
-                                          oai.total_usage(completions)))
+        response = head.response([w.whole(c) for w, c in zip(writers, completions)], oai.total_usage(completions))
+        if extension is not None:
+            response[oai.EXTENSION] = extension
+        return JSONResponse(response)
 
-    def _prompt_tokens(self, resident: Resident, req: oai.GenerationRequest) -> list[int]:
+    def _prompt_tokens(self, resident: Resident, req: oai.GenerationRequest, *, n_ctx: int | None = None) -> list[int]:
         model = resident.model
         # What the engine would refuse at submit (an unparsable grammar, a logit bias outside the
         # vocabulary) is refused here, before a stream's 200 is sent. It only reads the vocabulary.
@@ -381,7 +433,8 @@ class Api:
             raise oai.ApiError(400, f"{resident.name} has no chat template (a base model): use /v1/completions "
                                "with the prompt as-is", param="model")
         assert req.messages is not None  # parse_chat always sets them
-        return generate.prompt_tokens(model, req.messages, template=resident.template, n_ctx=resident.n_ctx_seq)[0]
+        return generate.prompt_tokens(model, req.messages, template=resident.template,
+                                      n_ctx=n_ctx or resident.n_ctx_seq)[0]
 
     def _end(self, resident: Resident, tickets: list[Ticket]) -> None:
         """The request is over (or its client left): free the engine slots and the model."""
@@ -418,7 +471,8 @@ class Api:
         return [done[i] for i in range(len(tickets))]
 
     async def _stream(self, tickets: list[Ticket], events: _Events, head: oai.ResponseHead,
-                      writers: list[oai.ChoiceWriter], include_usage: bool) -> AsyncIterator[bytes]:
+                      writers: list[oai.ChoiceWriter], include_usage: bool,
+                      extension: dict | None = None) -> AsyncIterator[bytes]:
         for writer in writers:
             opening = writer.opening()
             if opening is not None:
@@ -440,6 +494,8 @@ class Api:
         else:
             if include_usage:
                 yield _sse(head.usage_chunk(oai.total_usage([done[i] for i in range(len(tickets))])))
+            if extension is not None:  # last, as the usage chunk is: no choices, llmlocal's field
+                yield _sse({**head.usage_chunk({}), "usage": None, oai.EXTENSION: extension})
         yield _sse("[DONE]")
 
     async def embeddings(self, request: Request, body: Any) -> Response:
@@ -461,8 +517,13 @@ class Api:
         def run(resident: Resident) -> dict:
             labels, predictions, described = resident.classify(req.texts, req.labels, req.examples,
                                                                settings=settings, key=req.key())
-            return oai.classify_response(resident.name, labels, predictions, described=described,
-                                         prompt_tokens=resident.tokens_in(req.texts))
+            out = oai.classify_response(resident.name, labels, predictions, described=described,
+                                        prompt_tokens=resident.tokens_in(req.texts))
+            if req.gold is not None:
+                out["evaluation"] = oai.evaluation(
+                    labels, predictions, req.gold,
+                    abstain_label=settings.abstain_label if req.abstain_below is not None else None)
+            return out
 
         return JSONResponse(await self._off_loop(req.model, run))
 
@@ -474,6 +535,90 @@ class Api:
 
     async def _off_loop(self, requested: str | None, fn: Callable[[Resident], dict]) -> dict:
         return await anyio.to_thread.run_sync(self.pool.run, self._model_name(requested), fn)
+
+
+# ---------------------------------------------------------------- the web page and every response's headers
+
+# The page's only code is its own files: no inline script or style, no eval, nothing from another
+# origin, and no other site may frame it. Model output shown on the page cannot run even if the
+# page's own sanitising had a hole.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
+                 ".ico": "image/x-icon"}
+PAGES = {"/": "index.html", "/classify": "classify.html"}
+
+
+def web_dir() -> Path:
+    """The page's static files, inside the package (no build step, nothing fetched)."""
+    return Path(__file__).resolve().parent.parent / "web"
+
+
+def check_origin(value: str) -> str:
+    """A ``--cors`` value as browsers send it in ``Origin``: scheme://host[:port], nothing after.
+
+    Raises:
+        UsageError: anything else ("*" included: name the site that may drive the models).
+    """
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(value.strip())
+    if value.strip() == "*":
+        raise UsageError("--cors '*' would let every site open in a browser drive the models",
+                         hint="name the origin, like --cors http://localhost:3000")
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or "@" in parts.netloc:
+        raise UsageError(f"--cors {value!r} is not an origin", hint="give scheme://host[:port], like "
+                         "http://localhost:3000")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+class _Headers:
+    """Adds the security headers to every response, and CORS headers only for the ``--cors``
+    origins (answering their preflight); any other site's page gets no CORS header, so the browser
+    keeps it from reading the API."""
+
+    def __init__(self, app: ASGIApp, *, cors: Sequence[str] = ()) -> None:
+        self.app, self.cors = app, frozenset(cors)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        allowed: list[tuple[bytes, bytes]] = []
+        if origin and origin in self.cors:
+            allowed = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+                await send({"type": "http.response.start", "status": 204, "headers": [
+                    *SECURITY_HEADERS, *allowed, (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (b"access-control-allow-headers", b"authorization, content-type"),
+                    (b"access-control-max-age", b"600")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS, *allowed]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def _static(request: Request) -> Response:
+    """A page (``/``, ``/classify``) or one of its assets (``/web/NAME``), from the package."""
+    name = PAGES.get(request.url.path) or request.path_params.get("name", "")
+    path = web_dir() / name
+    # One path segment, a known type, a file that is there: nothing else of the disk is reachable.
+    if "/" in name or name.startswith(".") or path.suffix not in CONTENT_TYPES or not path.is_file():
+        raise oai.ApiError(404, f"no such file: {request.url.path}", code="unknown_url")
+    content = await anyio.to_thread.run_sync(path.read_bytes)
+    # no-cache: after an upgrade the browser asks again rather than run the old script.
+    return Response(content, media_type=CONTENT_TYPES[path.suffix], headers={"cache-control": "no-cache"})
 
 
 def create_app(pool: ModelPool, settings: ServerSettings, indexes: dict[str, SearchIndex] | None = None) -> Starlette:
@@ -488,7 +633,14 @@ def create_app(pool: ModelPool, settings: ServerSettings, indexes: dict[str, Sea
         Route("/v1/embeddings", ep(api.embeddings), methods=["POST"]),
         Route("/v1/classify", ep(api.classify), methods=["POST"]),
         Route("/v1/search", ep(api.search), methods=["POST"]),
+        Route("/v1/indexes", ep(api.list_indexes, body=False), methods=["GET"]),
+        Route("/v1/chat/tokens", ep(api.chat_tokens), methods=["POST"]),
     ]
+    if settings.ui:
+        # The page itself needs no key (it holds nothing secret); every API call it makes does.
+        static = ep(lambda request, _body: _static(request), body=False, auth=False)
+        routes += [Route(path, static, methods=["GET"]) for path in PAGES]
+        routes.append(Route("/web/{name}", static, methods=["GET"]))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -504,7 +656,8 @@ def create_app(pool: ModelPool, settings: ServerSettings, indexes: dict[str, Sea
     async def internal_error(request: Request, exc: Exception) -> Response:
         return _error_response(_api_error(exc))
 
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error},
+                     middleware=[Middleware(_Headers, cors=settings.cors)])
 
 
 # ---------------------------------------------------------------- running it
@@ -530,13 +683,25 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def page_url(host: str, port: int) -> str:
+    """Where a browser on this machine finds the page (a wildcard address is reached via loopback)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None,
           options: PoolOptions | None = None, max_body: int = DEFAULT_MAX_BODY, debug: bool = False,
           log_requests: bool = False, on_note: Callable[[str], None] | None = None,
-          indexes: Sequence[str] = ()) -> None:
+          indexes: Sequence[str] = (), ui: bool = True, cors: Sequence[str] = (), open_page: bool = False) -> None:
     """Load ``models`` (the first is the default for requests that name none), open ``indexes``
     (for POST /v1/search), listen, serve until interrupted. Errors before listening (unknown model
-    or index, port in use) raise; afterwards a request's error is its own response."""
+    or index, port in use) raise; afterwards a request's error is its own response.
+
+    ``ui``: serve the web page at / and /classify; ``open_page``: open it in the default browser
+    once listening. ``cors``: origins whose pages may call the API (none by default)."""
     import uvicorn
 
     from .. import runtime
@@ -564,7 +729,8 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
         # probabilities `llmlocal classify` does.
         runtime.prefer_batch_invariant_kernels()
         settings = ServerSettings(api_key=api_key or None, max_body=max_body,
-                                  default_model=names[0] if names else None, debug=debug)
+                                  default_model=names[0] if names else None, debug=debug, ui=ui,
+                                  cors=tuple(check_origin(o) for o in cors))
         app = create_app(pool, settings, served)
         config = uvicorn.Config(app, log_level="info" if log_requests else "warning", access_log=log_requests,
                                 timeout_graceful_shutdown=5, lifespan="off", server_header=False)
@@ -577,6 +743,12 @@ def serve(models: list[str], *, host: str = "127.0.0.1", port: int = DEFAULT_POR
              f"{options.parallel} parallel per model{searched}{'; API key required' if api_key else ''})")
         if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
             note(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it")
+        if ui:
+            page = page_url(bound_host, bound_port)
+            note(f"Open {page} in your browser")
+            if open_page:
+                # The socket is listening already: the browser's request waits in its backlog.
+                threading.Thread(target=webbrowser.open, args=(page,), daemon=True).start()
         # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the handler
         # that was there before it; a no-op handler makes that clean stop exit 0, as systemd
         # and supervisors expect of a service that was asked to stop.

@@ -371,6 +371,71 @@ def parse_chat(body: Any) -> GenerationRequest:
                              messages=tools.template_messages(parsed, toolset), n=_n(body), tools=toolset)
 
 
+# ---------------------------------------------------------------- llmlocal's chat extension
+
+EXTENSION = "llmlocal"  # the request and response field; plain OpenAI requests never carry it
+
+
+@dataclass(frozen=True)
+class ChatExtension:
+    """A chat request's ``"llmlocal"`` field: ``{"index": NAME}`` answers the last user message
+    from a served document index, as ``chat --index`` does (the sources come back with the reply)."""
+
+    index: str | None = None
+
+
+def parse_chat_extension(body: Any, indexes: Sequence[str]) -> ChatExtension | None:
+    """The ``"llmlocal"`` field of a chat request, checked; None when there is none."""
+    if not isinstance(body, dict) or body.get(EXTENSION) is None:
+        return None
+    ext = body[EXTENSION]
+    if not isinstance(ext, dict):
+        raise _bad(f"'{EXTENSION}' must be an object like {{\"index\": \"NAME\"}}", EXTENSION)
+    unknown = sorted(set(ext) - {"index"})
+    if unknown:
+        raise _bad(f"'{EXTENSION}' has no field '{unknown[0]}' (it takes 'index')", f"{EXTENSION}.{unknown[0]}")
+    index = _opt_str(ext, "index")
+    if index is not None:
+        if not indexes:
+            raise ApiError(404, "this server has no document index: start it with `llmlocal serve --index NAME`",
+                           type="not_found_error", code="no_index", param=f"{EXTENSION}.index")
+        if index not in indexes:
+            raise ApiError(404, f"no index '{index}' on this server (it serves {', '.join(indexes)})",
+                           type="not_found_error", code="index_not_found", param=f"{EXTENSION}.index")
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if not isinstance(last, dict) or last.get("role") != "user":
+            raise _bad(f"'{EXTENSION}.index' answers the last message, which must be the user's", "messages")
+    return ChatExtension(index=index)
+
+
+def last_user_text(body: dict) -> str:
+    """The last message's text (parse_chat_extension has checked it is the user's)."""
+    return _message_text(body["messages"][-1].get("content"), f"messages[{len(body['messages']) - 1}]")
+
+
+def with_last_user_content(req: GenerationRequest, content: str) -> GenerationRequest:
+    """``req`` with its last (user) message replaced: what retrieval made of it."""
+    assert req.messages  # parse_chat always sets them
+    return replace(req, messages=[*req.messages[:-1], {**req.messages[-1], "content": content}])
+
+
+def extension_field(index: str, sources: Sequence[Any]) -> dict:
+    """The response's ``"llmlocal"`` field: the index and the sources the model was shown."""
+    shown = []
+    for s in sources:
+        entry = s.as_dict()
+        entry.pop("hit", None)  # the ranking details are /v1/search's; a reply cites number and place
+        shown.append(entry)
+    return {"index": index, "sources": shown}
+
+
+def tokens_response(model: str, prompt_tokens: int, n_ctx_seq: int) -> dict:
+    """``POST /v1/chat/tokens`` (ours): what a chat request's prompt would take, and the room."""
+    return {"object": "chat.tokens", "model": model, "prompt_tokens": prompt_tokens,
+            "context_per_request": n_ctx_seq}
+
+
 def parse_completion(body: Any) -> GenerationRequest:
     """``POST /v1/completions``: the prompt as-is (no chat template)."""
     body = _obj(body)
@@ -629,6 +694,7 @@ class ClassifyRequest:
     max_examples: int | None = None
     abstain_below: float | None = None
     truncate: bool = False
+    gold: list[str | None] | None = None  # known labels of the inputs (null: not known), for "evaluation"
 
     def key(self) -> tuple:
         """What the classifier depends on (not the texts): equal keys may reuse one classifier."""
@@ -662,7 +728,16 @@ def parse_classify(body: Any) -> ClassifyRequest:
     methods = ("auto", "prompt", "embed", "combined")
     if method not in methods:
         raise _bad("'method' must be one of " + ", ".join(f"'{m}'" for m in methods), "method")
+    gold = body.get("gold")
+    if gold is not None:
+        if not isinstance(gold, list) or not all(g is None or isinstance(g, str) for g in gold):
+            raise _bad("'gold' must be an array of labels (or null where the label is not known)", "gold")
+        if len(gold) != len(texts):
+            raise _bad(f"'gold' has {len(gold)} labels for {len(texts)} inputs; give one per input (null: unknown)",
+                       "gold")
+        gold = [g if g else None for g in gold]
     return ClassifyRequest(
+        gold=gold,
         model=model_name(body), texts=list(texts), labels=list(labels) if labels is not None else None,
         examples=examples, method=method, calibrate=calibrate,
         instructions=_opt_str(body, "instructions"),
@@ -685,6 +760,32 @@ def classify_response(model: str, labels: Sequence[str], predictions: Sequence[A
     if "auto" in described:
         out["auto"] = described["auto"]
     return out
+
+
+def evaluation(labels: Sequence[str], predictions: Sequence[Any], gold: Sequence[str | None], *,
+               abstain_label: str | None = None) -> dict | None:
+    """The classify response's ``evaluation``: metrics over the inputs with a known label, as
+    ``llmlocal eval`` reports them (a row that failed counts as wrong, in a column of its own, at
+    confidence 0). None when no input has one.
+
+    Raises:
+        ApiError: a known label is not one of the classifier's labels.
+    """
+    from ..classify import metrics
+    from ..classify.job import FAILED
+
+    known = [(g, p) for g, p in zip(gold, predictions) if g is not None]
+    if not known:
+        return None
+    unknown = sorted({g for g, _ in known} - set(labels))
+    if unknown:
+        raise _bad(f"'gold' has label(s) the classifier does not know: {', '.join(unknown)} "
+                   f"(its labels: {', '.join(labels)})", "gold")
+    report = metrics.report([g for g, _ in known], [p.label or FAILED for _, p in known], labels,
+                            confidence=[p.confidence or 0.0 for _, p in known],
+                            top=[p.top or FAILED for _, p in known], abstain_label=abstain_label)
+    report["rows"] = [i for i, g in enumerate(gold) if g is not None]
+    return report
 
 
 # ---------------------------------------------------------------- models
