@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 
 from llmlocal.errors import GGUFError, InvalidParameterError, UsageError, option
 
-__all__ = ["KV_TYPES", "GGUFInfo", "MemoryEstimate", "check_kv_type", "estimate_memory", "quant_name", "read_gguf"]
+__all__ = ["DEFAULT_KV_TYPE", "KV_TYPES", "GGUFInfo", "MemoryEstimate", "check_kv_type", "estimate_memory",
+           "quant_name", "read_gguf"]
 
 _CHUNK = 1 << 20
 _DEFAULT_ALIGNMENT = 32
@@ -561,7 +562,7 @@ def check_kv_type(kv_type: str) -> str:
     """``kv_type`` if it is one of :data:`KV_TYPES`, else an InvalidParameterError naming the option."""
     if kv_type not in KV_TYPES:
         raise InvalidParameterError(f"{option('kv_type')} must be one of {', '.join(KV_TYPES)}, got {kv_type!r}",
-                                    field="kv_type", hint="q8_0 halves the KV cache, q4_0 quarters it")
+                                    field="kv_type", hint="q8_0 about halves the KV cache, q4_0 quarters it")
     return kv_type
 
 

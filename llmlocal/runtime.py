@@ -196,8 +196,8 @@ def check_fits(info: gguf.GGUFInfo, n_ctx: int, *, kv_type: str = gguf.DEFAULT_K
             f"{info.path.name} needs about {est.total_bytes / gib:.1f} GiB at context {n_ctx} "
             f"(weights {est.weights_bytes / gib:.1f} GiB + {kv_type} KV cache {est.kv_cache_bytes / gib:.1f} GiB), "
             f"but only {avail / gib:.1f} GiB is available",
-            hint=f"use a smaller {option('ctx')}, a smaller model" + (
-                f" or {option('kv_type')} q8_0" if kv_type == gguf.DEFAULT_KV_TYPE else ""),
+            hint=(f"use a smaller {option('ctx')}, a smaller model or {option('kv_type')} q8_0"
+                  if kv_type == gguf.DEFAULT_KV_TYPE else f"use a smaller {option('ctx')} or a smaller model"),
         )
     return est
 
@@ -207,7 +207,8 @@ def _set_kv_type(lib, cparams, kv_type: str) -> None:
 
     llama.cpp refuses a quantised V cache without flash attention (without it, V is stored
     transposed, each cell's values scattered one per row, which blocks of 32 cannot hold), so it
-    is switched on outright for one; left on auto, it could resolve to off and the context would not be created.
+    is switched on outright for one. Left on auto (as for f16, where auto resolves to on with
+    this CPU build), it could resolve to off on another device and the context would fail.
     """
     ggml_type = getattr(lib, f"GGML_TYPE_{kv_type.upper()}")
     cparams.type_k = cparams.type_v = ggml_type

@@ -99,8 +99,8 @@ def test_a_bad_kv_type_is_refused_before_loading(smollm2: Path) -> None:
         runtime.Model(smollm2, runtime.LoadOptions(kv_type="f32"))
 
 
-@pytest.mark.parametrize("argv", [["complete", "hi"], ["bench"], ["serve"], ["batch", "in.txt", "-o", "o.jsonl"],
-                                  ["info", "smollm2-135m"]])
+@pytest.mark.parametrize("argv", [["complete", "hi"], ["chat"], ["bench"], ["serve"], ["embed", "in.txt"],
+                                  ["batch", "in.txt", "-o", "o.jsonl"], ["info", "smollm2-135m"]])
 def test_a_bad_kv_type_is_a_usage_error(argv) -> None:
     result = CliRunner().invoke(cli, [*argv, "--kv-type", "q5_1"])
     assert result.exit_code == 2
@@ -164,3 +164,22 @@ def test_bench_says_which_threads_and_why(installed) -> None:
     assert (out["threads"], out["threads_reason"], out["kv_type"]) == (default.count, default.reason, "q8_0")
     text = CliRunner().invoke(cli, ["bench", "-p", "8", "-g", "4", "-r", "1", "-t", "1"]).stdout
     assert text.startswith("model      smollm2-135m (1 threads: as asked; f16 KV cache)\n"), text
+
+
+@pytest.mark.slow
+def test_server_pool_loads_every_context_with_the_kv_type(installed) -> None:
+    # What `serve --kv-type q8_0` hands the pool: its generation context and, loaded on first
+    # use, its embedding context both get that cache.
+    from llmlocal.serve.pool import ModelPool, PoolOptions
+
+    pool = ModelPool(PoolOptions(parallel=2, ctx=256, threads=1, kv_type="q8_0"))
+    try:
+        resident = pool.acquire("smollm2-135m")
+        try:
+            assert resident.model.options.kv_type == "q8_0"
+            assert resident.embed(["a short text"]).shape[0] == 1
+            assert all(aux.model.options.kv_type == "q8_0" for aux in resident._aux.values())
+        finally:
+            pool.release(resident)
+    finally:
+        pool.close()
