@@ -200,6 +200,7 @@ def test_index_search_ask_and_incremental_updates(installed, docs: Path) -> None
 
     info = json.loads(invoke("index", "info", "acme", "--json").stdout)
     assert info["files"] == 3 and info["model"] == "smollm2-135m" and len(info["sha256"]) == 64
+    assert info["settings"]["pooling"] == "mean"  # a chat model's pooled states: see index.FUSION
     listed = invoke("index", "ls")
     assert "acme" in listed.stdout
 
@@ -218,6 +219,41 @@ def test_index_search_ask_and_incremental_updates(installed, docs: Path) -> None
 
     removed = invoke("index", "rm", "acme")
     assert removed.exit_code == 0 and not documents.index_path("acme").exists()
+
+
+def _fusion_index(name: str, pooling: str):
+    """An index of three one-chunk files with hand-made 2-d vectors. Made-up vectors are enough
+    here: what is under test is how ranks are fused, not what a model embeds."""
+    import numpy as np
+
+    from llmlocal.documents.chunks import Chunk
+    from llmlocal.documents.index import Index
+
+    idx = Index.open(name, create=True)
+    idx.bind_model("m", "0" * 64, 2, {"pooling": pooling})
+    texts = {"/a.md": "the router password is acme", "/b.md": "router setup and cables",
+             "/c.md": "holiday pictures from the coast"}
+    vectors = {"/a.md": [1.0, 0.0], "/b.md": [0.0, 1.0], "/c.md": [0.6, 0.8]}
+    for path, text in texts.items():
+        idx.replace_file(path, path, 1, "text", [Chunk(text, 1, 1)], np.asarray([vectors[path]], np.float32))
+    return idx
+
+
+@pytest.mark.parametrize(("pooling", "kind"), [("mean", "pooled"), ("model", "dedicated")])
+def test_hybrid_fusion_weighs_the_embedding_by_what_made_it(home, pooling: str, kind: str) -> None:
+    import numpy as np
+
+    with _fusion_index(f"fusion-{pooling}", pooling) as idx:
+        assert idx.embedding_kind == kind
+        # BM25 ranks a (both words) over b (one word); the query vector points at b, then c.
+        query = np.asarray([0.0, 1.0], np.float32)
+        order = [h.path for h in idx.search("router password", query, k=3)]
+        if kind == "pooled":  # a chat model's pooled states only break BM25's near-ties
+            assert order[:2] == ["/a.md", "/b.md"]
+        else:  # a dedicated model's vote counts as much as BM25's: b is first in one, second in the other
+            assert order[0] == "/b.md"
+        # No keyword matches at all: the embedding alone ranks, whatever its weight.
+        assert [h.path for h in idx.search("zzz qqq", query, k=2)] == ["/b.md", "/c.md"]
 
 
 @pytest.mark.slow

@@ -52,6 +52,11 @@ class Embedder:
     def sha256(self) -> str | None:
         return self.loaded.sha256
 
+    @property
+    def pooling(self) -> str:
+        """"model" for a dedicated embedding model's own pooling, else "mean" (see pooling_for)."""
+        return self.loaded.model.options.pooling
+
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         from ..classify.embedding import embed_texts
 
@@ -175,8 +180,8 @@ def build(name: str, paths: Sequence[str], *, embedder: Embedder | None = None, 
                 embedder = open_embedder(model, threads=threads)
             dim = int(embedder.embed(["dimension probe"]).shape[1])
             idx.bind_model(embedder.model_name, embedder.sha256, dim,
-                           {"max_chars": max_chars, "overlap": overlap, "query_prefix": embedder.query_prefix,
-                            "document_prefix": embedder.document_prefix})
+                           {"max_chars": max_chars, "overlap": overlap, "pooling": embedder.pooling,
+                            "query_prefix": embedder.query_prefix, "document_prefix": embedder.document_prefix})
             bar = ItemProgress("index", len(todo), enabled=progress)
             try:
                 for done, (path, digest) in enumerate(todo, 1):
