@@ -346,7 +346,7 @@ def test_chat_streams_regenerates_edits_and_survives_a_reload(server, browser_pa
     meter = page.inner_text("#meter")
     assert re.fullmatch(r"\d+ / 512 tokens", meter), meter
     assert int(meter.split()[0]) == json.loads(body)["usage"]["total_tokens"]
-    _shot(page, "web-chat.png", docs="web-chat.png")
+    _shot(page, "web-chat.png")
 
     page.click(".message.assistant .regenerate")  # temperature 0, same seed: the same reply again
     _wait_idle(page)
@@ -372,6 +372,33 @@ def test_chat_streams_regenerates_edits_and_survives_a_reload(server, browser_pa
     page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().x >= 0")
     _shot(page, "web-chat-phone-sidebar.png")
     assert _outside_requests(browser_page, server) == []
+
+
+@slow
+def test_real_replies_render_as_markdown(server, browser_page):
+    """SmolLM2's own Markdown (a numbered list; a fenced code block and inline code) as elements,
+    at temperature 0 and a fixed seed. This conversation is the README's screenshot."""
+    page = _open(browser_page, server)
+    _ready(page)
+    _settings(page, max_tokens="120")
+    for question in ("Give me three tips for learning to cook, as a numbered list.",
+                     "Write a Python function that adds two numbers, in a code block."):
+        page.fill("#prompt", question)
+        page.press("#prompt", "Enter")
+        page.wait_for_function(f"() => document.querySelectorAll('.message.assistant').length === "
+                               f"{1 if 'cook' in question else 2}")
+        _wait_idle(page)
+    tips, code = page.locator(".message.assistant .content").all()
+    replies = [m["content"] for m in _stored(page)[0]["messages"][1::2]]
+    # Which Markdown the model writes is its own; what the page makes of it is checked here.
+    if re.search(r"^1\. .*\n+2\. .*\n+3\. ", replies[0], re.M):
+        assert tips.locator("ol > li").count() == 3
+    if "```" in replies[1]:
+        block = replies[1].split("```")[1].split("\n", 1)[1].rstrip("\n")
+        assert code.locator("pre code").first.inner_text().rstrip("\n") == block
+    assert tips.locator("ol > li").count() + code.locator("pre code").count() > 0, replies  # some Markdown came
+    page.evaluate("document.getElementById('messages').scrollTop = 0")
+    _shot(page, "web-chat-markdown.png", docs="web-chat.png")
 
 
 @slow
@@ -562,6 +589,7 @@ def test_classify_a_csv_with_examples_matches_the_api(server, browser_page, tmp_
     page = _open(browser_page, server, "/classify")
     _ready(page)
     page.select_option("#model", "smollm2-135m")
+    page.select_option("#method", "prompt")  # auto's cross-validation is the pasted-text test's
     page.set_input_files("#input-file", str(tmp_path / "messages.csv"))
     page.set_input_files("#examples-file", str(tmp_path / "examples.csv"))
     page.wait_for_function("() => document.getElementById('input-summary').textContent.includes('30 rows')")
@@ -571,7 +599,7 @@ def test_classify_a_csv_with_examples_matches_the_api(server, browser_page, tmp_
     page.wait_for_selector("#results:not([hidden]) #predictions tbody tr", timeout=300_000)
 
     # The same request, straight to the API: the page must show exactly its numbers.
-    body = {"model": "smollm2-135m", "input": [t for _, t in items], "method": "auto",
+    body = {"model": "smollm2-135m", "input": [t for _, t in items], "method": "prompt",
             "examples": [{"text": t, "label": label} for label, t in examples], "gold": [label for label, _ in items]}
     status, _, raw_body = raw(server.base, "/v1/classify", method="POST", body=body)
     assert status == 200
@@ -592,6 +620,16 @@ def test_classify_a_csv_with_examples_matches_the_api(server, browser_page, tmp_
     assert page.locator("#confusion td.cell").evaluate_all("cs => cs.map(c => +c.dataset.count)") == \
         [c for r in ev["confusion_matrix"]["counts"] for c in r]
     assert page.locator("#reliability rect.bar").count() == sum(1 for b in ev["calibration_bins"] if b["count"])
+    # Each bar stands on the frame's bottom edge, as tall as its bin's accuracy (drawn, not only attributes).
+    drawn = page.evaluate("""() => {
+        const f = document.querySelector('#reliability rect.frame').getBoundingClientRect();
+        return [...document.querySelectorAll('#reliability rect.bar')].map(r => { const b = r.getBoundingClientRect();
+            return [b.bottom - f.bottom, b.height / f.height]; }); }""")
+    accuracies = [b["accuracy"] for b in ev["calibration_bins"] if b["count"]]
+    for (offset, height), accuracy in zip(drawn, accuracies):
+        assert abs(offset) < 1 and height == pytest.approx(accuracy, abs=0.02)
+    for shown_text in (page.inner_text("#method-used"), page.inner_text("#evaluation")):
+        assert "null" not in shown_text and "undefined" not in shown_text and "NaN" not in shown_text
     assert page.evaluate("window.__pwned") is None
     assert page.locator("#predictions img, #predictions script").count() == 0
     _shot(page, "web-classify-setup.png")
@@ -635,11 +673,11 @@ def test_classify_pasted_texts_with_labels_and_rows_labelled_on_the_page(server,
     page.locator(".pick-label").nth(0).dispatch_event("change")
     page.locator(".pick-label").nth(1).fill("ham")
     page.locator(".pick-label").nth(1).dispatch_event("change")
-    page.select_option("#method", "prompt")
-    page.click("#run")
+    page.click("#run")  # method auto, the default
     page.wait_for_selector("#results:not([hidden]) #predictions tbody tr")
     assert page.locator("#predictions tbody tr").count() == 2  # the two labelled rows became examples
-    assert page.inner_text("#method-name") == "prompt"
+    assert page.inner_text("#method-name") in ("prompt", "calibrated", "embed", "combined")
+    assert "chosen by auto" in page.inner_text("#method-used")
     assert page.locator("#evaluation").is_hidden()  # nothing known to evaluate against
     labels = page.locator("#predictions tbody tr").evaluate_all("rs => rs.map(r => r.dataset.label)")
     assert set(labels) <= {"spam", "ham"}

@@ -127,11 +127,11 @@ function renderResults() {
   const { response } = result;
   ui.results.hidden = false;
   const auto = response.auto;
-  ui.methodUsed.replaceChildren(
+  ui.methodUsed.replaceChildren(el("span", {},
     el("span", { className: "muted" }, "Method "), el("strong", { id: "method-name" }, response.method || "?"),
     auto ? el("span", { className: "muted" }, ` — chosen by auto${auto.scores ? ` (cross-validated macro-F1: ${Object.entries(auto.scores)
       .filter(([, v]) => v !== null).map(([k, v]) => `${k} ${fixed(v, 3)}`).join(", ")})` : ""}`) : null,
-    el("span", { className: "muted" }, ` · ${response.model} · ${integer.format(response.data.length)} predictions`));
+    el("span", { className: "muted" }, ` · ${response.model} · ${integer.format(response.data.length)} predictions`)));
   renderTable();
   const ev = response.evaluation;
   ui.evaluation.hidden = !ev;
