@@ -92,6 +92,11 @@ class TokenDecoder:
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def remaining(self) -> int:
+        """Tokens still allowed by ``max_tokens``."""
+        return self._max_tokens - self.produced
+
     def push(self, token: int, length: int, logprob: TokenLogprob | None = None) -> str:
         """The new text that ``token`` adds; ``length`` is the sequence's length counting it."""
         if self._model.is_eog(token) and not self._ignore_eos:

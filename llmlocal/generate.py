@@ -15,6 +15,7 @@ from typing import Any
 
 from .decoding import Stream, TokenDecoder
 from .errors import ContextOverflowError, UsageError, option
+from .lookup import Drafter, LookupStats
 from .runtime import Model, Sampler
 from .sampling import SamplingParams
 from .structured import Checked
@@ -35,6 +36,7 @@ class Completion:
     params: dict = field(default_factory=dict)
     checked: Checked | None = None  # under a constraint: the parsed value and whether it is valid
     logprobs: list[dict[str, Any]] | None = None  # with params.logprobs: one entry per token (OpenAI's shape)
+    lookup: LookupStats | None = None  # prompt lookup's drafts (None: it was off)
 
     @property
     def value(self) -> Any:
@@ -56,7 +58,8 @@ class Completion:
 
     def timings(self) -> dict:
         return {"prompt_seconds": round(self.prompt_seconds, 4), "gen_seconds": round(self.gen_seconds, 4),
-                "prompt_tokens_per_second": round(self.prompt_tps, 2), "gen_tokens_per_second": round(self.gen_tps, 2)}
+                "prompt_tokens_per_second": round(self.prompt_tps, 2), "gen_tokens_per_second": round(self.gen_tps, 2),
+                **({"drafted": self.lookup.drafted, "accepted": self.lookup.accepted} if self.lookup else {})}
 
 
 def common_prefix(a: list[int], b: list[int], limit: int) -> int:
@@ -70,9 +73,10 @@ def common_prefix(a: list[int], b: list[int], limit: int) -> int:
 class Generator:
     """Generates on one sequence of a Model, re-using the KV cache of the common prefix."""
 
-    def __init__(self, model: Model, *, seq_id: int = 0) -> None:
+    def __init__(self, model: Model, *, seq_id: int = 0, lookup: bool = False) -> None:
         self.model = model
         self.seq_id = seq_id
+        self.lookup = lookup  # prompt lookup decoding (llmlocal.lookup): same output, faster when copying
         self.cached: list[int] = []  # tokens whose KV entries are valid, in order
 
     def reset(self) -> None:
@@ -120,22 +124,83 @@ class Generator:
             for t in tokens[-params.repeat_last_n:] if params.repeat_last_n > 0 else []:
                 sampler.accept(t)  # repeat penalties see the prompt, as in llama-cli
             decoder = TokenDecoder(model, params, n_ctx=model.n_ctx)
-            while not decoder.done:
-                token = sampler.sample()
+            drafter = Drafter(tokens) if self.lookup else None
+            token = sampler.sample()
+            if drafter is not None:
+                drafter.extend([token])
+            while True:
                 out = decoder.push(token, len(self.cached) + 1, sampler.last)
                 if out:
                     yield out
                 if decoder.done:
                     break
-                model.decode_one(token, len(self.cached), self.seq_id)
-                self.cached.append(token)
+                if drafter is None:
+                    model.decode_one(token, len(self.cached), self.seq_id)
+                    self.cached.append(token)
+                    token = sampler.sample()
+                    continue
+                token, pieces = self._speculate(token, drafter, decoder, sampler)
+                for out in pieces:
+                    yield out
+                if decoder.done:
+                    break
         finally:
             sampler.close()
         return Completion(
             **decoder.result(), prompt_tokens=len(tokens), cached_tokens=reused,
             prompt_seconds=prompt_done - started, gen_seconds=time.perf_counter() - prompt_done,
-            params=params.as_dict(),
+            params=params.as_dict(), lookup=drafter.stats if drafter is not None else None,
         )
+
+    def _speculate(self, token: int, drafter: Drafter, decoder: TokenDecoder,
+                   sampler: Sampler) -> tuple[int, list[str]]:
+        """Decode ``token`` (sampled, pushed, not yet in the cache) with a draft after it, and emit
+        what the model samples as long as it agrees with the draft.
+
+        Every emitted token is sampled from the model's distribution given exactly the tokens
+        before it, once, as without a draft: the draft only decides which positions are computed
+        ahead. So the output is the model's (greedy or seeded, token for token, wherever a wider
+        decode gives the same logits; see the README's "Prompt lookup"), and the rejection
+        sampling of draft-model speculation is not needed. Returns the last token sampled, which
+        the cache does not hold yet, and the text pieces (yielded by the caller, after the
+        sampling, so nothing can touch the decode's logits in between).
+        """
+        model, seq = self.model, self.seq_id
+        pos = len(self.cached)
+        # The draft's positions stay inside the context and the batch, and it is never longer
+        # than the tokens still to produce.
+        room = min(model.n_ctx - 2 - pos, model.options.n_batch - 1, decoder.remaining - 1)
+        draft = drafter.draft(room)
+        if not draft:
+            model.decode_one(token, pos, seq)
+            self.cached.append(token)
+            nxt = sampler.sample()
+            drafter.extend([nxt])
+            return nxt, []
+        batch = [token, *draft]
+        n = len(batch)
+        model.decode(batch, list(range(pos, pos + n)), [seq] * n, [True] * n)
+        self.cached.append(token)
+        pieces: list[str] = []
+        accepted = 0
+        for i in range(n):
+            nxt = sampler.sample(i)
+            drafter.extend([nxt])
+            if i + 1 < n and nxt == batch[i + 1]:
+                # The model chose the drafted token: its KV entry is computed, and so is the next row.
+                accepted += 1
+                out = decoder.push(nxt, len(self.cached) + 1, sampler.last)
+                if out:
+                    pieces.append(out)
+                if decoder.done:
+                    break
+                self.cached.append(nxt)
+                continue
+            break
+        drafter.record(len(draft), accepted)
+        if len(self.cached) < pos + n:  # the rejected rest of the draft (``cached`` never counted it)
+            model.kv_remove(seq, len(self.cached), -1)
+        return nxt, pieces
 
     def complete(self, tokens: list[int], params: SamplingParams,
                  on_text: Callable[[str], None] | None = None) -> Completion:
