@@ -289,6 +289,22 @@ def test_no_ui_serves_the_api_only(tmp_path_factory, _seed_blobs):
 
 
 @slow
+def test_open_starts_the_browser_at_the_page(tmp_path_factory, _seed_blobs, tmp_path):
+    # webbrowser runs $BROWSER's command with the URL: here, one that writes it down.
+    seen = tmp_path / "opened.txt"
+    browser = f"{sys.executable} -c \"import sys; open(sys.argv[2], 'w').write(sys.argv[1])\" %s {seen}"
+    s = _server(tmp_path_factory, _seed_blobs, "--open", env={"BROWSER": browser})
+    try:
+        for _ in range(200):
+            if seen.exists() and seen.read_text():
+                break
+            time.sleep(0.05)
+        assert seen.read_text() == s.base + "/"
+    finally:
+        s.stop()
+
+
+@slow
 def test_the_index_extension_answers_with_sources_and_plain_requests_are_unchanged(server):
     question = [{"role": "user", "content": "What is the default password of the router?"}]
     base = {"model": "smollm2-135m", "messages": question, "max_tokens": 16, "temperature": 0, "seed": 1}
