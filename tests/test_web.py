@@ -415,6 +415,8 @@ def test_real_replies_render_as_markdown(server, browser_page):
     assert tips.locator("ol > li").count() + code.locator("pre code").count() > 0, replies  # some Markdown came
     page.evaluate("document.getElementById('messages').scrollTop = 0")
     _shot(page, "web-chat-markdown.png", docs="web-chat.png")
+    page.emulate_media(color_scheme="dark")
+    _shot(page, "web-chat-dark.png")
 
 
 @slow
