@@ -372,9 +372,19 @@ CHAT_INSTRUCTIONS = "Answer in one or two sentences using the numbered sources, 
 class Retriever:
     """chat --index: turns each message into sources + the message, for ChatSession.retriever."""
 
-    def __init__(self, name: str, *, k: int = 3, threads: int | None = None) -> None:
+    K = 3  # sources per turn: a chat turn's prompt also holds the conversation
+
+    def __init__(self, name: str, *, k: int = K, threads: int | None = None) -> None:
         self.name, self.k = name, k
         self.index, self.embedder = open_for_query(name, threads=threads)
+
+    @classmethod
+    def over(cls, index: Index, embedder: Embedder, *, k: int = K) -> Retriever:
+        """A retriever on an index and embedder opened already (the server's, shared with its
+        /v1/search); closing stays with their owner."""
+        retriever = cls.__new__(cls)
+        retriever.name, retriever.k, retriever.index, retriever.embedder = index.name, k, index, embedder
+        return retriever
 
     def __call__(self, text: str) -> tuple[str, list[Source]]:
         ctx = retrieve(self.index, text, question_vector(self.embedder, text), k=self.k, budget_chars=2500)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
-import inspect
 import ipaddress
 import json
 import logging
@@ -262,9 +261,7 @@ class SearchIndex:
 
         # chat --index's own retrieval (its k, budget and prompt: their one home), on this index's
         # connection and embedding model rather than a second copy of both.
-        retriever = object.__new__(Retriever)
-        retriever.name, retriever.index, retriever.embedder = self.name, self.index, self.embedder
-        retriever.k = inspect.signature(Retriever).parameters["k"].default
+        retriever = Retriever.over(self.index, self.embedder)
         with self.lock:
             return retriever(text)
 
