@@ -449,6 +449,12 @@ sampling_options = _group(SamplingOptions, "sampling_opts", [
 ])
 
 
+lookup_option = click.option(
+    "--lookup", is_flag=True,
+    help="Prompt lookup: draft tokens copied from the prompt, verified in one decode where that is "
+    "measured to pay; the drafted and accepted counts are in the --json timings.")
+
+
 @dataclasses.dataclass(frozen=True)
 class StructuredOptions:
     """--schema/--grammar/--format: what the output must match (the rules: llmlocal.structured)."""
@@ -527,8 +533,9 @@ def _read_prompt(prompt: str | None) -> str:
 @click.option("--logprobs", type=int, metavar="N", help="With --json: each token's log-probability and the N "
               "likeliest alternatives (0-20).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, usage, timings, params.")
+@lookup_option
 def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bool, logprobs: int | None,
-                 as_json: bool, model_opts: ModelOptions, sampling_opts: SamplingOptions,
+                 as_json: bool, lookup: bool, model_opts: ModelOptions, sampling_opts: SamplingOptions,
                  structured_opts: StructuredOptions) -> None:
     """Complete one prompt, streaming tokens to stdout.
 
@@ -557,7 +564,7 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
         if dropped:
             click.echo(f"note: prompt truncated: dropped the first {dropped} tokens to fit the "
                        f"{loaded.model.n_ctx}-token context", err=True)
-        gen = generate.Generator(loaded.model)
+        gen = generate.Generator(loaded.model, lookup=lookup)
         on_text = None if as_json else (lambda piece: click.echo(piece, nl=False))
         result = gen.complete(tokens, params, on_text=on_text)
         result.truncated_tokens = dropped
@@ -593,8 +600,9 @@ def complete_cmd(prompt: str | None, system: str | None, raw: bool, truncate: bo
 @structured_options
 @click.option("--index", "index_name", metavar="NAME", help="Answer from document index NAME (`llmlocal index`): "
               "each message retrieves sources, listed under the reply (also /index NAME).")
-def chat_cmd(system: str | None, template: str | None, index_name: str | None, model_opts: ModelOptions,
-             sampling_opts: SamplingOptions, structured_opts: StructuredOptions) -> None:
+@lookup_option
+def chat_cmd(system: str | None, template: str | None, index_name: str | None, lookup: bool,
+             model_opts: ModelOptions, sampling_opts: SamplingOptions, structured_opts: StructuredOptions) -> None:
     """Chat with a model: streamed replies, line editing and history, /help for commands.
 
     Replies are at most 1024 tokens unless --max-tokens says otherwise. With stdin not a
@@ -617,6 +625,7 @@ def chat_cmd(system: str | None, template: str | None, index_name: str | None, m
                                       family=loaded.spec.template, override=template)
         session = chat.ChatSession(loaded.model, template=chosen, model_name=loaded.name, system=system,
                                    params=params, on_note=lambda text: click.echo(text, err=True))
+        session.generator.lookup = lookup
         if index_name is not None:
             from .documents.job import Retriever
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .decoding import Stream, TokenDecoder
 from .errors import ContextOverflowError, UsageError, option
-from .lookup import Drafter, LookupStats
+from .lookup import DecodeCosts, Drafter, LookupStats
 from .runtime import Model, Sampler
 from .sampling import SamplingParams
 from .structured import Checked
@@ -76,7 +76,11 @@ class Generator:
     def __init__(self, model: Model, *, seq_id: int = 0, lookup: bool = False) -> None:
         self.model = model
         self.seq_id = seq_id
-        self.lookup = lookup  # prompt lookup decoding (llmlocal.lookup): same output, faster when copying
+        # Prompt lookup decoding (llmlocal.lookup). Off by default: on this CPU it did not pay (the
+        # README's "Prompt lookup"), and with the default kernels a wider decode can move logits
+        # at near-ties, so greedy output would depend on which drafts the timings chose.
+        self.lookup = lookup
+        self.costs = DecodeCosts()  # what drafts are weighed against, measured across generations
         self.cached: list[int] = []  # tokens whose KV entries are valid, in order
 
     def reset(self) -> None:
@@ -124,7 +128,7 @@ class Generator:
             for t in tokens[-params.repeat_last_n:] if params.repeat_last_n > 0 else []:
                 sampler.accept(t)  # repeat penalties see the prompt, as in llama-cli
             decoder = TokenDecoder(model, params, n_ctx=model.n_ctx)
-            drafter = Drafter(tokens) if self.lookup else None
+            drafter = Drafter(tokens, self.costs) if self.lookup else None
             token = sampler.sample()
             if drafter is not None:
                 drafter.extend([token])
@@ -171,16 +175,19 @@ class Generator:
         # than the tokens still to produce.
         room = min(model.n_ctx - 2 - pos, model.options.n_batch - 1, decoder.remaining - 1)
         draft = drafter.draft(room)
-        if not draft:
+        batch = [token, *draft]
+        n = len(batch)
+        started = time.perf_counter()
+        if n == 1:
             model.decode_one(token, pos, seq)
-            self.cached.append(token)
+        else:
+            model.decode(batch, list(range(pos, pos + n)), [seq] * n, [True] * n)
+        drafter.costs.observe(n, time.perf_counter() - started)
+        self.cached.append(token)
+        if n == 1:
             nxt = sampler.sample()
             drafter.extend([nxt])
             return nxt, []
-        batch = [token, *draft]
-        n = len(batch)
-        model.decode(batch, list(range(pos, pos + n)), [seq] * n, [True] * n)
-        self.cached.append(token)
         pieces: list[str] = []
         accepted = 0
         for i in range(n):

@@ -15,8 +15,30 @@ from dataclasses import dataclass
 
 NGRAMS = (3, 2)  # suffix lengths tried, longest first; a 1-token match drafts mostly noise
 MAX_DRAFT = 16
-START_DRAFT = 8
-MAX_PAUSE = 32
+# Until measured: a wide decode's cost per extra token, as a fraction of a one-token decode's.
+PRIOR_EXTRA_COST = 0.5
+# The prior acceptance rate, as pseudo-counts (accepted tokens, rejections): optimistic, so a
+# first draft is tried and the costs get measured.
+PRIOR = (9.0, 1.0)
+FADE = 0.9  # how much of the acceptance evidence a step without a draft keeps (so it is re-tried)
+KEEP = 0.8  # how much of the evidence a new draft's outcome keeps (recent text counts most)
+GAIN = 1.05  # the expected speed-up a draft must promise (timings are noisy)
+
+
+@dataclass
+class DecodeCosts:
+    """Measured decode costs of one model's context, kept by its Generator across generations."""
+
+    one: float | None = None  # seconds of a one-token decode (moving average)
+    extra: float | None = None  # seconds per extra token of a wide decode
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        """A decode of ``n_tokens`` took ``seconds`` (the first of a kind sets the average)."""
+        if n_tokens == 1:
+            self.one = seconds if self.one is None else 0.8 * self.one + 0.2 * seconds
+        elif self.one is not None:
+            per = max(0.0, seconds - self.one) / (n_tokens - 1)
+            self.extra = per if self.extra is None else 0.8 * self.extra + 0.2 * per
 
 
 @dataclass
@@ -29,25 +51,27 @@ class LookupStats:
 
 
 class Drafter:
-    """Finds drafts in a growing token history and adapts their length to how often they hold.
+    """Finds drafts in a growing token history and sizes them by what they are expected to save.
 
     A draft is what followed the most recent earlier occurrence of the history's last 3 tokens
-    (else 2). Its length starts at START_DRAFT, doubles (to MAX_DRAFT) after a draft accepted
-    whole and shrinks to one more than what was accepted otherwise. A draft rejected at its first
-    token costs a wider decode for nothing, so after one the Drafter pauses for a number of steps
-    that doubles with each further miss (to MAX_PAUSE): free text, where matches rarely hold,
-    then runs at one-token speed nearly all the time.
+    (else 2). Whether to use it, and how much of it, is a cost model: with a per-token acceptance
+    rate ``a`` a draft of ``k`` tokens yields on average ``1 + a + ... + a**k`` tokens for one
+    decode of ``k + 1`` tokens, whose cost is measured as generation goes (DecodeCosts: a one-token
+    decode, and the extra cost of each further token in a wide one). The length that
+    maximises tokens per second is taken if it promises at least GAIN times the one-token speed,
+    else none. On a CPU a wide decode costs a good part of a one-token decode per extra token, so
+    free text, where drafts rarely hold, runs almost only one-token decodes; the acceptance
+    evidence fades while no draft is tried (FADE), so a later stretch of copying is noticed.
     """
 
-    def __init__(self, tokens: list[int]) -> None:
+    def __init__(self, tokens: list[int], costs: DecodeCosts | None = None) -> None:
         self.history: list[int] = []
         # n-gram -> the index just after its most recent occurrence that has a continuation. The
         # n-gram ending the history is registered only when the next token arrives, so a lookup
         # never finds the suffix itself.
         self._index: dict[tuple[int, ...], int] = {}
-        self.length = START_DRAFT
-        self._pause = 0  # steps left without drafting
-        self._misses = 0  # drafts in a row rejected at the first token
+        self._accepted, self._rejected = PRIOR
+        self.costs = costs if costs is not None else DecodeCosts()
         self.stats = LookupStats()
         self.extend(tokens)
 
@@ -61,34 +85,52 @@ class Drafter:
             h.append(t)
 
     def draft(self, limit: int) -> list[int]:
-        """Up to ``limit`` tokens likely to follow the history (none while paused)."""
-        limit = min(limit, self.length)
+        """Up to ``limit`` tokens likely to follow the history, as many as pay for themselves."""
+        found = self._find(min(limit, MAX_DRAFT))
+        k = self.length(len(found)) if found else 0
+        if k == 0:
+            self._fade()
+        return found[:k]
+
+    def _find(self, limit: int) -> list[int]:
         if limit <= 0:
-            return []
-        if self._pause > 0:
-            self._pause -= 1
             return []
         h = self.history
         for n in NGRAMS:
-            if len(h) < n:
-                continue
-            at = self._index.get(tuple(h[-n:]))
-            if at is not None:
-                return h[at:at + limit]
+            if len(h) >= n:
+                at = self._index.get(tuple(h[-n:]))
+                if at is not None:
+                    return h[at:at + limit]
         return []
 
+    @property
+    def rate(self) -> float:
+        """The estimated chance that the model agrees with the next draft token."""
+        return self._accepted / (self._accepted + self._rejected)
+
+    def length(self, available: int) -> int:
+        """The draft length (at most ``available``) with the best expected speed, 0 if none beats GAIN."""
+        a, one = self.rate, self.costs.one or 1.0
+        extra = self.costs.extra if self.costs.extra is not None else PRIOR_EXTRA_COST * one
+        best, best_k = GAIN / one, 0
+        expected = 1.0
+        for k in range(1, available + 1):
+            expected += a ** k
+            speed = expected / (one + extra * k)
+            if speed > best:
+                best, best_k = speed, k
+        return best_k
+
+    def _fade(self) -> None:
+        pa, pr = PRIOR
+        self._accepted = pa + FADE * (self._accepted - pa)
+        self._rejected = pr + FADE * (self._rejected - pr)
+
     def record(self, drafted: int, accepted: int) -> None:
-        """Adapt to the outcome of a draft of ``drafted`` tokens, ``accepted`` of them kept."""
+        """The outcome of a draft of ``drafted`` tokens, ``accepted`` of them kept."""
         s = self.stats
         s.drafts += 1
         s.drafted += drafted
         s.accepted += accepted
-        if accepted == drafted:
-            self.length = min(MAX_DRAFT, 2 * self.length)
-        else:
-            self.length = max(1, accepted + 1)
-        if accepted == 0:
-            self._misses += 1
-            self._pause = min(MAX_PAUSE, 2 ** (self._misses - 1))
-        else:
-            self._misses = 0
+        self._accepted = KEEP * self._accepted + accepted
+        self._rejected = KEEP * self._rejected + (accepted < drafted)

@@ -6,11 +6,15 @@ with and without lookup on the same model (one thread: the machine is shared) an
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from click.testing import CliRunner
 
 from llmlocal import lookup, structured
+from llmlocal.cli import cli
 from llmlocal.generate import Generator, prompt_tokens
-from llmlocal.lookup import Drafter
+from llmlocal.lookup import DecodeCosts, Drafter
 from llmlocal.runtime import LoadOptions, Model
 from llmlocal.sampling import SamplingParams
 
@@ -75,41 +79,56 @@ def model(smollm2):
     m.close()
 
 
+def _generator(model: Model, *, lookup: bool) -> Generator:
+    gen = Generator(model, lookup=lookup)
+    # Wide decodes declared free: every draft found is tried, whatever this busy machine's timings
+    # say, so these tests exercise verification as much as possible and do not depend on timing.
+    gen.costs = DecodeCosts(one=1.0, extra=0.0)
+    return gen
+
+
 def _run(model: Model, prompt: str, params: SamplingParams, *, lookup: bool, gen: Generator | None = None):
     tokens, _ = prompt_tokens(model, prompt)
-    return (gen or Generator(model, lookup=lookup)).complete(tokens, params)
+    return (gen or _generator(model, lookup=lookup)).complete(tokens, params)
 
 
 # -- the Drafter, pure logic
 
 
+def _cheap() -> lookup.DecodeCosts:
+    """Costs under which any likely draft pays: 20 ms a decode, 2 ms per extra token."""
+    return lookup.DecodeCosts(one=0.020, extra=0.002)
+
+
 def test_draft_is_what_followed_the_last_occurrence_of_the_suffix() -> None:
-    d = Drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8])
+    d = Drafter([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8], _cheap())
     d.extend([1, 2, 3])
     assert d.draft(4) == [7, 8, 1, 2]  # the most recent "1 2 3", not the first
     assert d.draft(1) == [7]
 
 
 def test_no_draft_without_an_earlier_occurrence() -> None:
-    d = Drafter([5, 6, 7, 8])
+    d = Drafter([5, 6, 7, 8], _cheap())
     assert d.draft(8) == []  # the suffix itself is never its own match
     d.extend([5])
     assert d.draft(8) == []  # one token is too little to go on
 
 
-def test_misses_pause_drafting_and_length_follows_acceptance() -> None:
-    d = Drafter(list(range(20)) + list(range(17)))
-    assert len(d.draft(100)) == lookup.START_DRAFT
-    d.record(8, 8)
-    assert d.length == min(lookup.MAX_DRAFT, 2 * lookup.START_DRAFT)
-    d.record(8, 3)
-    assert d.length == 4
-    d.record(4, 0)
-    assert d.draft(8) == []  # paused for a step after a miss
-    assert d.draft(8) != []
-    d.record(1, 0)
-    assert d.draft(8) == [] and d.draft(8) == [] and d.draft(8) != []  # two steps after the second
-    assert (d.stats.drafts, d.stats.drafted, d.stats.accepted) == (4, 21, 11)
+def test_draft_length_weighs_acceptance_against_measured_costs() -> None:
+    costs = lookup.DecodeCosts(one=0.020, extra=0.010)  # each extra token half a decode, as on a CPU
+    d = Drafter(list(range(40)) + list(range(20)), costs)
+    assert 2 <= len(d.draft(100)) < 8  # likely (the prior) but not cheap: a few tokens
+    for _ in range(5):
+        d.record(8, 0)  # rejected at once, five times
+    assert d.rate < 0.5 and d.draft(100) == []
+    for _ in range(40):
+        if d.draft(100):  # the evidence fades while no draft is tried, so one is tried again
+            break
+    else:
+        raise AssertionError("never re-tried")
+    costs.extra = 0.020  # each extra token as dear as a one-token decode: nothing pays
+    assert d.length(16) == 0
+    assert (d.stats.drafts, d.stats.drafted, d.stats.accepted) == (5, 40, 0)
 
 
 # -- with the model
@@ -152,7 +171,7 @@ def test_schema_constrained_completion_with_lookup_validates(model) -> None:
     system, text = structured.extraction_prompt(PARAGRAPHS[6], constraint)
     tokens, _ = prompt_tokens(model, text, system=system)
     params = SamplingParams(temperature=0, max_tokens=60, constraint=constraint)
-    fast = Generator(model, lookup=True).complete(tokens, params)
+    fast = _generator(model, lookup=True).complete(tokens, params)
     plain = Generator(model, lookup=False).complete(tokens, params)
     assert fast.checked is not None and fast.checked.valid, fast.text
     assert fast.text == plain.text
@@ -172,7 +191,7 @@ def test_a_generation_ended_inside_a_draft_leaves_the_cache_consistent(model, ho
     tokens, _ = prompt_tokens(model, prompt)
     results = []
     for lookup_on in (True, False):
-        gen = Generator(model, lookup=lookup_on)
+        gen = _generator(model, lookup=lookup_on)
         ended = _run(model, prompt, first, lookup=lookup_on, gen=gen)
         if lookup_on:
             assert ended.timings()["accepted"] > 0
@@ -182,3 +201,15 @@ def test_a_generation_ended_inside_a_draft_leaves_the_cache_consistent(model, ho
         assert reused.cached_tokens > len(tokens)
         results.append((ended.text, cached, reused.text))
     assert results[0] == results[1]
+
+
+def test_complete_lookup_flag_reports_drafts_and_keeps_the_text(installed) -> None:
+    args = ["complete", "--json", "--temperature", "0", "-t", "1", "-n", "24",
+            f"Repeat this text exactly:\n\n{PARAGRAPHS[1]}"]
+    plain = CliRunner().invoke(cli, args)
+    fast = CliRunner().invoke(cli, [*args, "--lookup"])
+    assert plain.exit_code == 0 and fast.exit_code == 0, (plain.output, fast.output)
+    plain_out, fast_out = json.loads(plain.stdout), json.loads(fast.stdout)
+    assert "drafted" not in plain_out["timings"]
+    assert fast_out["timings"]["drafted"] >= fast_out["timings"]["accepted"] >= 0
+    assert fast_out["text"] == plain_out["text"]
