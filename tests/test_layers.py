@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "llmlocal"
 LAYERS = {
     0: {"errors", "paths", "config", "atomic", "hardware", "progress", "sampling", "tabular"},  # plumbing
     1: {"catalog", "gguf", "store"},  # model files
-    2: {"runtime", "loader", "generate", "decoding", "engine", "structured"},  # inference
+    2: {"runtime", "loader", "generate", "decoding", "engine", "structured", "lookup"},  # inference
     3: {"chat", "batch", "bench", "classify", "cluster", "distributed", "documents", "tools"},  # tasks
     4: {"serve"},  # serving
     5: {"api", "cli", "repl", "__init__", "__main__"},  # front ends
