@@ -39,7 +39,7 @@ CANDIDATES = 50  # from each retriever, before fusion
 # - a dedicated embedding model (its GGUF declares a pooling): the usual k = 60, equal weights;
 # - a chat model's mean-pooled states (the bundled default): they retrieve the gold SQuAD
 #   paragraph first for 12-18% of questions where BM25 does for 80-85%, and at k = 60 even a
-#   tenth of BM25's weight outvotes BM25's near-equal top ranks (recall@1 0.85 -> 0.75, measured
+#   tenth of BM25's weight outvotes BM25's near-equal top ranks (recall@1 0.85 -> 0.70, measured
 #   on 600 questions). At k = 5 and weight 0.1 they only break BM25's near-ties and rank the
 #   chunks of a query with no keyword in the index at all; on the held-out half of those
 #   questions that equalled BM25 (recall@1 0.802, @5 0.973), where k = 60 with equal weights
