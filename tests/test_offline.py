@@ -12,6 +12,7 @@ still caught by the record. The negative controls show the tripwire fires.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -164,19 +165,31 @@ def test_installed_model_commands_make_no_connection(installed, tripwire, tmp_pa
         assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.slow
-def test_serve_makes_no_connection(installed, tripwire) -> None:
-    """The server listens and answers; it never connects out, whatever its clients ask for."""
-    import json
-    import urllib.request
-
+@contextlib.contextmanager
+def _server(tripwire):
+    """``llmlocal serve`` on SmolLM2 behind the tripwire; yields its API base URL (…/v1). On the
+    way out: stopped, and no connection attempted."""
     proc = subprocess.Popen([sys.executable, "-m", "llmlocal", "serve", "--port", "0", "-m", "smollm2-135m",
                              "--ctx", "512"], env=tripwire.env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
         assert " serving on " in line, line + proc.stderr.read()
-        base = line.split(" serving on ")[1].split()[0]
+        yield line.split(" serving on ")[1].split()[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    assert tripwire.armed_count() >= 1
+    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
+
+
+@pytest.mark.slow
+def test_serve_makes_no_connection(installed, tripwire) -> None:
+    """The server listens and answers; it never connects out, whatever its clients ask for."""
+    import json
+    import urllib.request
+
+    with _server(tripwire) as base:
         requests = [
             ("chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}),
             ("completions", {"prompt": "The sky is", "max_tokens": 4, "stream": True, "logprobs": 2, "n": 2}),
@@ -203,11 +216,6 @@ def test_serve_makes_no_connection(installed, tripwire) -> None:
                 assert reply.status == 200 and reply.read()
         with urllib.request.urlopen(f"{base}/models") as reply:
             assert "smollm2-135m" in reply.read().decode()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
-    assert tripwire.armed_count() >= 1
-    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
 
 
 @pytest.mark.slow
@@ -219,13 +227,8 @@ def test_web_page_makes_no_connection(installed, tripwire) -> None:
 
     from llmlocal.serve.app import web_dir
 
-    proc = subprocess.Popen([sys.executable, "-m", "llmlocal", "serve", "--port", "0", "-m", "smollm2-135m",
-                             "--ctx", "512"], env=tripwire.env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stderr.readline()
-        assert " serving on " in line, line + proc.stderr.read()
-        root = line.split(" serving on ")[1].split()[0].removesuffix("/v1")
+    with _server(tripwire) as base:
+        root = base.removesuffix("/v1")
         pages = ["/", "/classify"] + [f"/web/{p.name}" for p in sorted(web_dir().iterdir())]
         for path in pages + ["/v1/models", "/v1/indexes", "/health"]:
             with urllib.request.urlopen(root + path) as reply:
@@ -241,11 +244,6 @@ def test_web_page_makes_no_connection(installed, tripwire) -> None:
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req) as reply:
                 assert reply.status == 200 and reply.read(), path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
-    assert tripwire.armed_count() >= 1
-    assert tripwire.attempts() == "", "network access attempted:\n" + tripwire.attempts()
 
 
 @pytest.mark.slow
