@@ -433,7 +433,7 @@ def mib(n: float | None) -> str:
 def report(result: dict) -> None:
     s = result["settings"]
     print(f"documents_bench: {s['articles']} SQuAD articles ({s['paragraphs']} paragraphs, one Markdown file each), "
-          f"embedding model {s['model']} (pooled), threads {s['threads'] or 'default'}, seed {s['seed']}")
+          f"embedding model {s['embed_model']}, threads {s['threads'] or 'default'}, seed {s['seed']}")
     print(f"load average: before {s['load_before']}, after {result.get('load_after', '?')}")
     if "retrieval" in result:
         r = result["retrieval"]
@@ -523,7 +523,8 @@ def report(result: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="embedding and answering model")
+    ap.add_argument("--model", default="smollm2-135m", help="answering model (and embedding model by default)")
+    ap.add_argument("--embed-model", help="embedding model, e.g. an imported MiniLM GGUF [--model's pooled states]")
     ap.add_argument("--threads", type=int, help="CPU threads (default: llmlocal's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--articles", type=int, default=30, help="SQuAD articles to use (of 30)")
@@ -552,7 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     articles = read_squad(SQUAD, args.articles, args.paragraphs)
     rnd = random.Random(args.seed)
     held = set(rnd.sample(range(len(articles)), args.held_out))
-    settings = {"model": args.model, "threads": args.threads, "seed": args.seed, "articles": len(articles),
+    embed_model = args.embed_model or args.model
+    settings = {"model": args.model, "embed_model": embed_model, "threads": args.threads, "seed": args.seed,
+                "articles": len(articles),
                 "paragraphs": sum(len(a["paragraphs"]) for a in articles), "k": args.k, "max_tokens": args.max_tokens,
                 "held_out": [articles[i]["title"] for i in sorted(held)], "build_budget_s": args.build_budget,
                 "load_before": load_average()}
@@ -569,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             questions_in = write_articles(inside, docs)
             log(f"index: first build, {len(inside)} articles (load {load_average()})")
             started = time.perf_counter()
-            with llmlocal.index(INDEX_NAME, docs, model=args.model, threads=args.threads) as idx:
+            with llmlocal.index(INDEX_NAME, docs, model=embed_model, threads=args.threads) as idx:
                 first = idx.last_update
                 first_s = time.perf_counter() - started
             questions_out = write_articles(outside, docs)
@@ -582,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     result["negatives"] = negatives(m, idx, neg, max_tokens=args.max_tokens, k=args.k)
 
                 log(f"index: update adding {len(outside)} articles (load {load_average()})")
-                with llmlocal.index(INDEX_NAME, docs, model=args.model, threads=args.threads) as idx:
+                with llmlocal.index(INDEX_NAME, docs, model=embed_model, threads=args.threads) as idx:
                     update = idx.last_update
                 emb = embed_same_texts(INDEX_NAME, out_files, threads=args.threads)
                 result["speed"] = {
